@@ -1,0 +1,1 @@
+"""Identity: who is calling and with what scopes. Knows nothing about HTTP routes."""

@@ -1,0 +1,1 @@
+"""Model lifecycle: features, training, integrity-checked artifacts and prediction."""
