@@ -25,8 +25,8 @@ class Settings(BaseSettings):
 
     app_env: Literal["development", "production"] = "development"
     var_dir: Path = Path("var")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default a SQLite file under VAR_DIR."
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; default a SQLite file under VAR_DIR."
     )
     redis_url: str | None = None
 
@@ -44,22 +44,17 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr | None = None
 
     rate_limit_predict: str = "120/minute"
-    rate_limit_token: str = "10/minute"
+    rate_limit_token: str = "10/minute"  # noqa: S105 - a rate, not a secret
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=MIB, ge=1024)
     forwarded_allow_ips: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
-        if self.database_url is None:
+        if not self.database_url:
             self.database_url = f"sqlite:///{self.var_dir / 'housing.db'}"
         return self
 
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
-
-    @property
-    def db_url(self) -> str:
-        assert self.database_url is not None  # set by _default_database
-        return self.database_url

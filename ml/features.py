@@ -67,3 +67,14 @@ TARGET = "price"
 
 def feature_names(version: ModelVersion) -> list[str]:
     return [f.name for f in FEATURES[version]]
+
+
+def allowed_range(feature: Feature) -> tuple[int, int]:
+    """The inclusive range an input may take, as a number the model sees.
+
+    Booleans reach the model as 0.0/1.0, so their range is [0, 1] rather than what
+    the numeric margin rule would give; every other kind follows the rule.
+    """
+    if feature.kind == "bool":
+        return 0, 1
+    return feature.lower, feature.upper

@@ -1,0 +1,137 @@
+"""Every error answer, in one place: RFC 9457 problem details.
+
+Domain errors carry their status; this module turns them, Starlette's HTTP errors
+and validation failures into ``application/problem+json``. A 500 is opaque to the
+client and logged with its traceback on the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("app.errors")
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "urn:housing-api:problem:"
+
+STATUS_TITLES: dict[int, str] = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class ApiError(Exception):
+    """An expected failure with the status and words the client should see."""
+
+    status: int = 400
+    slug: str = "bad-request"
+    title: str = "Bad Request"
+
+    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+class NotFound(ApiError):
+    status, slug, title = 404, "not-found", "Not Found"
+
+
+class UnsupportedMediaType(ApiError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported Media Type"
+
+
+class ServiceUnavailable(ApiError):
+    status, slug, title = 503, "service-unavailable", "Service Unavailable"
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    slug: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug if slug else "about:blank",
+        "title": title or STATUS_TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if extra:
+        body.update(extra)
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON
+    )
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Name each offending field without echoing the submitted value back."""
+    out = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        out.append(
+            {
+                "field": ".".join(loc),
+                "location": loc,
+                "message": str(error.get("msg", "invalid value")),
+                "type": str(error.get("type", "value_error")),
+            }
+        )
+    return out
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    error = cast(ApiError, exc)
+    return problem_response(
+        error.status, error.detail, title=error.title, slug=error.slug, headers=error.headers
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    error = cast(StarletteHTTPException, exc)
+    status = error.status_code
+    detail = error.detail if isinstance(error.detail, str) else STATUS_TITLES.get(status, "")
+    return problem_response(status, detail, headers=error.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = field_errors(cast(RequestValidationError, exc).errors())
+    return problem_response(
+        422,
+        f"The request has {len(errors)} invalid field(s); see 'errors'.",
+        slug="validation-error",
+        title="Request validation failed",
+        extra={"errors": errors},
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(500, "The server could not answer this request.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,45 @@
+"""Model metadata: what answers, trained on what, and how well it did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Security
+
+from app.deps import ModelsDep
+from app.openapi import problems
+from app.schemas import FeatureInfo, ModelInfo
+from app.security import authenticate
+from auth.scopes import MODELS_READ, PREDICT
+from ml.artifacts import LoadedModel
+
+router = APIRouter(
+    tags=["models"],
+    # Either scope is enough: a caller allowed to predict may see what answers it.
+    dependencies=[Security(authenticate, scopes=[MODELS_READ, PREDICT])],
+    responses=problems(401, 403, 429),
+)
+
+
+def _info(model: LoadedModel) -> ModelInfo:
+    manifest: dict[str, Any] = model.manifest
+    return ModelInfo(
+        version=model.version,
+        features=list(model.feature_names),
+        feature_details=[FeatureInfo.model_validate(f) for f in manifest["features"]],
+        estimator=str(manifest["estimator"]["name"]),
+        metrics=manifest["metrics"],
+        sha256=model.sha256,
+        trained_at=manifest["trained_at"],
+        training_data_sha256=manifest["training_data"]["sha256"],
+    )
+
+
+@router.get("/v1/model", summary="Metadata of the v1 model")
+async def model_v1(models: ModelsDep) -> ModelInfo:
+    return _info(models["v1"])
+
+
+@router.get("/v2/model", summary="Metadata of the v2 model")
+async def model_v2(models: ModelsDep) -> ModelInfo:
+    return _info(models["v2"])

@@ -1,0 +1,122 @@
+"""Request and response bodies. Strict: the model only ever sees checked numbers.
+
+Unknown fields are refused, strings and booleans are never coerced into numbers,
+NaN and infinities are refused, and each number must lie within the bounds that
+``ml.features`` derives from the training data (training range with a margin).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+
+from ml.features import FEATURES, Feature, ModelVersion
+
+_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES["v2"]}
+
+
+def _example(version: ModelVersion) -> dict[str, Any]:
+    return {f.name: f.example for f in FEATURES[version]}
+
+
+def _spec(name: str) -> FieldInfo:
+    """Bounds, description and example of one feature, from the feature contract."""
+    feature = _BY_NAME[name]
+    if feature.kind == "bool":
+        info: FieldInfo = Field(description=feature.description, examples=[feature.example])
+        return info
+    info = Field(
+        ge=feature.lower,
+        le=feature.upper,
+        description=f"{feature.description} Accepted: {feature.lower} to {feature.upper}.",
+        examples=[feature.example],
+    )
+    return info
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class HouseV1(StrictModel):
+    """The five numeric features of the v1 model."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_example("v1")]})
+
+    lotsize: Annotated[float, _spec("lotsize")]
+    bedrooms: Annotated[int, _spec("bedrooms")]
+    bathrms: Annotated[int, _spec("bathrms")]
+    stories: Annotated[int, _spec("stories")]
+    garagepl: Annotated[int, _spec("garagepl")]
+
+
+class HouseV2(HouseV1):
+    """All eleven features: v1's plus six yes/no amenities as JSON booleans."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_example("v2")]})
+
+    driveway: Annotated[bool, _spec("driveway")]
+    recroom: Annotated[bool, _spec("recroom")]
+    fullbase: Annotated[bool, _spec("fullbase")]
+    gashw: Annotated[bool, _spec("gashw")]
+    airco: Annotated[bool, _spec("airco")]
+    prefarea: Annotated[bool, _spec("prefarea")]
+
+
+class BatchV1(StrictModel):
+    """Up to MAX_BATCH_SIZE houses, answered in order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"instances": [_example("v1")]}]})
+
+    instances: Annotated[list[HouseV1], Field(min_length=1)]
+
+
+class BatchV2(StrictModel):
+    """Up to MAX_BATCH_SIZE houses, answered in order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"instances": [_example("v2")]}]})
+
+    instances: Annotated[list[HouseV2], Field(min_length=1)]
+
+
+class Prediction(BaseModel):
+    predicted_price: float = Field(description="Predicted sale price, 1987 Canadian dollars.")
+    model_version: str
+    model_sha256: str = Field(description="sha256 of the model artifact that answered.")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[float] = Field(description="One price per instance, in request order.")
+    model_version: str
+    model_sha256: str
+
+
+class FeatureInfo(BaseModel):
+    name: str
+    kind: str
+    training_min: float | None = None
+    training_max: float | None = None
+    accepted_min: float | None = None
+    accepted_max: float | None = None
+
+
+class ModelInfo(BaseModel):
+    version: str
+    features: list[str]
+    feature_details: list[FeatureInfo]
+    estimator: str
+    metrics: dict[str, Any]
+    sha256: str
+    trained_at: str
+    training_data_sha256: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]

@@ -1,0 +1,127 @@
+"""Who is calling, with what scopes: one authenticator, one alias per permission.
+
+An endpoint without one of these aliases is public, which keeps the public
+surface easy to audit. Every credential a request presents must be valid: a bad
+``Authorization`` header is refused even beside a valid ``X-API-Key``, and the
+reverse. When both are valid the bearer token's principal is used.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
+from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
+
+from app.errors import ApiError
+from auth import scopes as S
+from auth.principal import Principal
+from auth.verifier import CredentialRejected, CredentialVerifier
+
+REALM = "housing-api"
+
+oauth2_scheme = OAuth2(
+    flows=OAuthFlows(
+        clientCredentials=OAuthFlowClientCredentials(
+            tokenUrl="/token", scopes=S.SCOPE_DESCRIPTIONS
+        ),
+        password=OAuthFlowPassword(tokenUrl="/token", scopes=S.SCOPE_DESCRIPTIONS),
+    ),
+    scheme_name="OAuth2",
+    description="Bearer access token from POST /token (client credentials; password when enabled).",
+    auto_error=False,
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="APIKey",
+    description="Partner API key, `hpa_<key_id>_<secret>`.",
+    auto_error=False,
+)
+
+
+class Unauthenticated(ApiError):
+    status, slug, title = 401, "unauthenticated", "Unauthorized"
+
+    def __init__(self, detail: str, *, token_sent: bool) -> None:
+        challenge = f'Bearer realm="{REALM}"'
+        if token_sent:
+            challenge += ', error="invalid_token", error_description="The credential is invalid"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class InsufficientScope(ApiError):
+    status, slug, title = 403, "insufficient-scope", "Forbidden"
+
+    def __init__(self, needed: frozenset[str]) -> None:
+        wanted = S.format_scopes(needed)
+        super().__init__(
+            f"This operation needs one of these scopes: {wanted}.",
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer realm="{REALM}", error="insufficient_scope", scope="{wanted}"'
+                )
+            },
+        )
+
+
+def get_verifier(request: Request) -> CredentialVerifier:
+    verifier: CredentialVerifier = request.app.state.verifier
+    return verifier
+
+
+def _bearer_token(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Send 'Authorization: Bearer <token>'.", token_sent=True)
+    return token.strip()
+
+
+def authenticate(
+    security_scopes: SecurityScopes,
+    request: Request,
+    verifier: Annotated[CredentialVerifier, Depends(get_verifier)],
+    authorization: Annotated[str | None, Depends(oauth2_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    """Resolve the caller and check the operation's scopes (any one of them suffices).
+
+    A plain ``def``: FastAPI runs it in the threadpool, where the occasional
+    cache refresh may read the database without blocking the event loop.
+    """
+    ip = request.client.host if request.client else None
+    principal: Principal | None = None
+    if api_key is not None:
+        try:
+            principal = verifier.verify_api_key(api_key, ip=ip)
+        except CredentialRejected as exc:
+            request.state.auth_failure = exc.reason
+            raise Unauthenticated(
+                "The API key is invalid, expired or revoked.", token_sent=True
+            ) from None
+    if authorization is not None:
+        try:
+            principal = verifier.verify_bearer(_bearer_token(authorization))
+        except CredentialRejected as exc:
+            request.state.auth_failure = exc.reason
+            raise Unauthenticated(
+                "The access token is invalid, expired or revoked.", token_sent=True
+            ) from None
+    if principal is None:
+        request.state.auth_failure = "missing"
+        raise Unauthenticated(
+            "Authenticate with 'Authorization: Bearer <token>' or 'X-API-Key'.", token_sent=False
+        )
+    request.state.principal = principal
+    needed = frozenset(security_scopes.scopes)
+    if needed and not needed & principal.scopes:
+        request.state.auth_failure = "insufficient_scope"
+        raise InsufficientScope(needed)
+    return principal
+
+
+Predictor = Annotated[Principal, Security(authenticate, scopes=[S.PREDICT])]
+ModelReader = Annotated[Principal, Security(authenticate, scopes=[S.MODELS_READ, S.PREDICT])]
+MetricsReader = Annotated[Principal, Security(authenticate, scopes=[S.METRICS])]
+KeyManager = Annotated[Principal, Security(authenticate, scopes=[S.KEYS_MANAGE])]
+Authenticated = Annotated[Principal, Security(authenticate)]

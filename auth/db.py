@@ -1,0 +1,116 @@
+"""Engines, sessions and schema migrations for the credential store.
+
+SQLite (the embedded default) and PostgreSQL (production) behave the same from the
+store's point of view: both enforce foreign keys, both wait instead of failing when
+another process holds a lock, and ``upgrade_schema`` brings either from empty to head.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from auth.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 5000
+# Any constant: serialises concurrent upgrade_schema() calls on one PostgreSQL database.
+_PG_MIGRATION_LOCK_ID = 0x686F7573  # "hous"
+
+
+def make_engine(url: str) -> Engine:
+    """An Engine for a SQLite or PostgreSQL URL (``postgresql://`` is run with psycopg 3)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+            raise ConfigError(
+                f"DATABASE_URL driver {parsed.drivername!r} is not supported; "
+                "use postgresql+psycopg://"
+            )
+        return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+    raise ConfigError(
+        f"DATABASE_URL backend {backend!r} is not supported; use sqlite:/// or postgresql+psycopg://"
+    )
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in str(url.query)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if in_memory:
+        kwargs["poolclass"] = StaticPool  # one connection, or each would see an empty DB
+    elif not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # busy_timeout first: it makes a writer wait for the lock instead of failing at once,
+    # and switching to WAL itself needs a lock. WAL lets readers run while one process
+    # writes. SQLite ignores foreign keys unless asked.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """``journal_mode=WAL`` can answer "database is locked" without calling the busy
+    handler while another connection converts or recovers the file: retry it ourselves."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (we copy them into records)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    """Alembic configured in code: works from any directory and from an installed wheel."""
+    config = Config()
+    # ConfigParser interpolation: a literal % in the path must be doubled.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return config
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Create or migrate the schema to the newest revision; safe to call on every start.
+
+    Concurrent callers (several workers starting at once) are serialised: an advisory
+    lock on PostgreSQL, an immediate write transaction on SQLite. The second one finds
+    the schema at head and does nothing.
+    """
+    config = alembic_config()
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_ID})")
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs `bench.run`; single studies run as `python -m bench.<name>`."""

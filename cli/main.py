@@ -1,0 +1,144 @@
+"""``housing-api``: the operator's command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from app.settings import Settings
+from cli.credentials import clients, keys, users
+
+app = typer.Typer(
+    name="housing-api",
+    help="Housing-price inference API: train models, serve, manage credentials.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(clients, name="clients")
+app.add_typer(users, name="users")
+app.add_typer(keys, name="keys")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a clear one-line error on stderr (no traceback) and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def train(
+    seed: Annotated[int, typer.Option(help="Seed for cross-validation folds and estimators.")] = 0,
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 10,
+) -> None:
+    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib + manifest.json)."""
+    from ml.training import train_all
+
+    settings = Settings()
+    manifests = train_all(settings.data_path, settings.model_dir, seed=seed, folds=folds)
+    for version, manifest in manifests.items():
+        chosen = manifest["metrics"]["chosen"]
+        baseline = manifest["metrics"]["baseline"]
+        typer.echo(
+            f"{version}: {manifest['estimator']['name']} "
+            f"CV MAE {chosen['mae']:,.0f} (baseline {baseline['mae']:,.0f}), "
+            f"R² {chosen['r2']:.3f}; sha256 {manifest['sha256'][:12]}…"
+        )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="N>1 runs gunicorn with uvicorn workers.")
+    ] = 1,
+) -> None:
+    """Serve the API. Artifacts are verified first, so a bad model never starts."""
+    from app.identity import pepper, signing_keys
+    from auth.errors import ConfigError
+    from ml.artifacts import ArtifactError, load_all
+
+    settings = Settings()
+    try:
+        load_all(settings.model_dir)
+        signing_keys(settings)
+        pepper(settings)
+    except (ArtifactError, ConfigError) as exc:
+        raise fail(str(exc)) from None
+    if not settings.is_production:
+        _first_run_demo(settings, host, port)
+
+    forwarded = settings.forwarded_allow_ips
+    if workers == 1:
+        import uvicorn
+
+        uvicorn.run(
+            "app.asgi:build",
+            factory=True,
+            host=host,
+            port=port,
+            proxy_headers=True,
+            forwarded_allow_ips=forwarded,
+            server_header=False,
+        )
+        return
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    argv = [
+        gunicorn,
+        "app.asgi:build()",
+        "--worker-class",
+        "uvicorn_worker.UvicornWorker",
+        "--workers",
+        str(workers),
+        "--bind",
+        f"{host}:{port}",
+        "--forwarded-allow-ips",
+        forwarded,
+        "--graceful-timeout",
+        "20",
+        "--timeout",
+        "60",
+    ]
+    os.execv(gunicorn, argv)  # noqa: S606 - replaces this process with gunicorn, fixed argv
+
+
+def _first_run_demo(settings: Settings, host: str, port: int) -> None:
+    """A newcomer's first minute: on the very first development start, a demo client.
+
+    Never in production; never again once the marker exists. The secret is random and
+    stored only as an HMAC; it is printed here, once.
+    """
+    from app.identity import open_store
+    from auth.scopes import PREDICT
+
+    marker = settings.var_dir / "demo_client_created"
+    if marker.exists():
+        return
+    with open_store(settings) as store:
+        if store.list_clients():
+            marker.touch()
+            return
+        client_id, secret = store.create_client("demo", {PREDICT}, actor="first-run")
+    marker.touch()
+    base = f"http://{host}:{port}"
+    body = '{"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}'
+    typer.echo(
+        f"""
+First start: created a demo client with scope 'predict' (shown once, stored hashed).
+  client_id:     {client_id}
+  client_secret: {secret}
+
+  TOKEN=$(curl -s -u '{client_id}:{secret}' -d grant_type=client_credentials \\
+      {base}/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+      -d '{body}' {base}/v1/predict
+"""
+    )
+
+
+def main() -> None:
+    app()

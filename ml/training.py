@@ -1,0 +1,236 @@
+"""Train v1 and v2: choose an estimator by cross-validation, fit it, write the artifacts.
+
+Selection is honest in the usual sense: every candidate in ``ml.candidates`` is
+scored on the same shuffled K folds, only on rows it was not fitted on, and the
+lowest mean MAE wins (MAE because it is what a price estimate is judged by, in
+currency). The winner's score is the best of several, so it is a little
+optimistic; the baseline's score is not, and both are reported.
+
+Deterministic: the folds and every random estimator use ``seed``, so the same data
+and seed give the same metrics, the same predictions and (with the pinned
+libraries) the same ``model.joblib`` bytes. Only ``trained_at`` differs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+from sklearn.model_selection import KFold
+
+from ml.artifacts import library_versions, save_artifacts
+from ml.candidates import BASELINE, CANDIDATES, Candidate
+from ml.dataset import Dataset, DatasetError, FloatArray, load_dataset, observed_ranges
+from ml.drift import QUANTILE_BINS, reference_histogram
+from ml.features import FEATURES, MODEL_VERSIONS, TARGET, ModelVersion, allowed_range
+
+SELECTION_RULE = (
+    "lowest mean out-of-fold MAE over the same shuffled K folds; ties go to the earlier "
+    "(simpler) candidate. The chosen score is a minimum over candidates, so slightly "
+    "optimistic; the baseline's is not."
+)
+BINNING_RULE = (
+    f"bool: two bins (0, 1); int: one bin per whole value; float and prediction: "
+    f"{QUANTILE_BINS} equal-mass bins of the training rows. Outer bins are open: values "
+    "beyond the edges count in the first or last bin (ml.drift.bin_counts)."
+)
+
+
+@dataclass(frozen=True)
+class CVScore:
+    """One candidate's out-of-fold metrics, averaged over folds."""
+
+    name: str
+    description: str
+    mae: float
+    rmse: float
+    r2: float
+    fold_mae: tuple[float, ...]
+
+    @property
+    def mae_fold_std(self) -> float:
+        return float(np.std(self.fold_mae, ddof=1)) if len(self.fold_mae) > 1 else 0.0
+
+    def summary(self, *, with_folds: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "mae": self.mae,
+            "rmse": self.rmse,
+            "r2": self.r2,
+            "mae_fold_std": self.mae_fold_std,
+            "folds": len(self.fold_mae),
+        }
+        if with_folds:
+            out["fold_mae"] = list(self.fold_mae)
+        return out
+
+
+def _lot_column(dataset: Dataset) -> int:
+    return dataset.feature_names.index("lotsize")
+
+
+def cross_validate(
+    dataset: Dataset,
+    *,
+    seed: int,
+    folds: int,
+    candidates: tuple[Candidate, ...] = CANDIDATES,
+) -> list[CVScore]:
+    """Out-of-fold metrics for every candidate, in candidate order."""
+    X, y, lot = dataset.X, dataset.y, _lot_column(dataset)
+    splits = list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(X))
+    truth = [y[test] for _, test in splits]
+    oof: dict[str, list[FloatArray]] = {}
+    for candidate in candidates:
+        if candidate.average_of:
+            missing = [m for m in candidate.average_of if m not in oof]
+            if missing:
+                raise ValueError(f"{candidate.name}: members {missing} must be listed before it")
+            # VotingRegressor.predict is exactly this average of its members' predictions,
+            # and its members are fitted on the same folds with the same seed.
+            oof[candidate.name] = [
+                np.average(np.asarray([oof[m][k] for m in candidate.average_of]).T, axis=1)
+                for k in range(folds)
+            ]
+        else:
+            oof[candidate.name] = [
+                candidate.build(seed, lot).fit(X[train], y[train]).predict(X[test])
+                for train, test in splits
+            ]
+    return [_score(c, truth, oof[c.name]) for c in candidates]
+
+
+def _score(candidate: Candidate, truth: list[FloatArray], preds: list[FloatArray]) -> CVScore:
+    pairs = list(zip(truth, preds, strict=True))
+    fold_mae = tuple(float(mean_absolute_error(t, p)) for t, p in pairs)
+    return CVScore(
+        name=candidate.name,
+        description=candidate.description,
+        mae=float(np.mean(fold_mae)),
+        rmse=float(np.mean([root_mean_squared_error(t, p) for t, p in pairs])),
+        r2=float(np.mean([r2_score(t, p) for t, p in pairs])),
+        fold_mae=fold_mae,
+    )
+
+
+def select(scores: list[CVScore]) -> CVScore:
+    """The lowest mean MAE; ``min`` keeps the first of equals, i.e. the simpler one."""
+    return min(scores, key=lambda s: s.mae)
+
+
+def _check_ranges(dataset: Dataset) -> None:
+    """Refuse data whose ranges differ from ml/features.py: the API's bounds derive from them."""
+    for feature, (low, high) in zip(
+        FEATURES[dataset.version], observed_ranges(dataset).values(), strict=True
+    ):
+        if feature.kind == "bool":
+            continue
+        if (low, high) != (feature.training_min, feature.training_max):
+            raise DatasetError(
+                f"{dataset.path}: {feature.name} spans {low:g}..{high:g} but ml/features.py "
+                f"declares {feature.training_min:g}..{feature.training_max:g}; the API's input "
+                "bounds derive from those, so update ml/features.py first"
+            )
+
+
+def _improvement(chosen: CVScore, baseline: CVScore) -> dict[str, float]:
+    """Paired per-fold MAE gain over the baseline, with its standard error."""
+    diff = np.subtract(baseline.fold_mae, chosen.fold_mae)
+    se = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return {"mae": float(diff.mean()), "mae_se": se}
+
+
+def build_manifest(
+    dataset: Dataset,
+    estimator: Any,
+    scores: list[CVScore],
+    chosen: CVScore,
+    *,
+    seed: int,
+    folds: int,
+) -> dict[str, Any]:
+    """Everything but the artifact's sha256, which ``save_artifacts`` adds."""
+    baseline = next(s for s in scores if s.name == BASELINE)
+    ranges = observed_ranges(dataset)
+    predictions = np.asarray(estimator.predict(dataset.X), dtype=np.float64)
+    features = []
+    histograms: dict[str, Any] = {}
+    for j, feature in enumerate(FEATURES[dataset.version]):
+        low, high = allowed_range(feature)
+        features.append(
+            {
+                "name": feature.name,
+                "kind": feature.kind,
+                "training_min": ranges[feature.name][0],
+                "training_max": ranges[feature.name][1],
+                "accepted_min": low,
+                "accepted_max": high,
+            }
+        )
+        histograms[feature.name] = reference_histogram(dataset.X[:, j], feature.kind)
+    return {
+        "version": dataset.version,
+        "estimator": {
+            "name": chosen.name,
+            "description": chosen.description,
+            "class": type(estimator).__name__,
+            "params": " ".join(repr(estimator).split()),
+        },
+        "features": features,
+        "target": {
+            "name": TARGET,
+            "training_min": float(dataset.y.min()),
+            "training_max": float(dataset.y.max()),
+        },
+        "training_data": {
+            "file": dataset.path.name,
+            "sha256": dataset.sha256,
+            "rows": dataset.rows,
+        },
+        "libraries": library_versions(),
+        "metrics": {
+            "cv": {"folds": folds, "shuffle": True, "seed": seed, "selection": SELECTION_RULE},
+            "chosen": chosen.summary(with_folds=True),
+            "baseline": baseline.summary(with_folds=True),
+            "improvement_over_baseline": _improvement(chosen, baseline),
+            "candidates": [s.summary() for s in scores],
+        },
+        "trained_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seed": seed,
+        "folds": folds,
+        "histograms": {
+            "binning": BINNING_RULE,
+            "features": histograms,
+            "prediction": reference_histogram(predictions, "float"),
+        },
+    }
+
+
+def train_version(
+    data_path: Path, model_dir: Path, version: ModelVersion, *, seed: int = 0, folds: int = 10
+) -> dict[str, Any]:
+    """Choose, fit and write one version; returns its manifest."""
+    dataset = load_dataset(data_path, version)
+    _check_ranges(dataset)
+    scores = cross_validate(dataset, seed=seed, folds=folds)
+    chosen = select(scores)
+    candidate = next(c for c in CANDIDATES if c.name == chosen.name)
+    estimator = candidate.build(seed, _lot_column(dataset)).fit(dataset.X, dataset.y)
+    manifest = build_manifest(dataset, estimator, scores, chosen, seed=seed, folds=folds)
+    return save_artifacts(model_dir, version, estimator, manifest)
+
+
+def train_all(
+    data_path: Path, model_dir: Path, *, seed: int = 0, folds: int = 10
+) -> dict[str, dict[str, Any]]:
+    """Train every version from ``data_path`` into ``model_dir``; manifests by version."""
+    return {
+        version: train_version(data_path, model_dir, version, seed=seed, folds=folds)
+        for version in MODEL_VERSIONS
+    }

@@ -1,0 +1,206 @@
+"""A throwaway PostgreSQL server for the tests: a real one, never a mock.
+
+``initdb`` and ``postgres`` from the Debian package (``make system-deps``) run in a
+temp directory on 127.0.0.1 and a free port, as the ``postgres`` user when we are root
+(PostgreSQL refuses to run as root). Trust authentication is fine: the cluster only
+listens on loopback and lives as long as the test session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+MISSING_MESSAGE = (
+    "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
+    "(the store's tests run against a real server): run `make system-deps`"
+)
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+def find_binaries() -> tuple[Path, Path]:
+    """``(initdb, postgres)`` of the newest Debian-packaged major version.
+
+    Debian keeps them under ``/usr/lib/postgresql/<major>/bin``; ``/usr/local/bin`` may
+    hold other builds (or wrappers), so we do not rely on ``PATH``.
+    """
+    candidates = []
+    for bindir in Path("/usr/lib/postgresql").glob("*/bin"):
+        initdb, postgres = bindir / "initdb", bindir / "postgres"
+        if os.access(initdb, os.X_OK) and os.access(postgres, os.X_OK):
+            major = bindir.parent.name
+            candidates.append((int(major) if major.isdigit() else 0, initdb, postgres))
+    if not candidates:
+        raise PostgresUnavailable(MISSING_MESSAGE)
+    _, initdb, postgres = max(candidates)
+    return initdb, postgres
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PostgresServer:
+    """One running cluster; ``url(dbname)`` gives SQLAlchemy URLs into it."""
+
+    def __init__(self, root: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.root = root
+        self.port = port
+        self.process = process
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=2,
+        )
+
+    def create_database(self, dbname: str) -> str:
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        return self.url(dbname)
+
+    def drop_database(self, dbname: str) -> None:
+        with self.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+    @property
+    def log(self) -> str:
+        path = self.root / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _as_postgres_user() -> tuple[list[str], pwd.struct_passwd | None]:
+    if os.geteuid() != 0:
+        return [], None
+    try:
+        account = pwd.getpwnam("postgres")
+    except KeyError:
+        raise PostgresUnavailable(
+            "running as root but there is no `postgres` user: " + MISSING_MESSAGE
+        ) from None
+    return ["runuser", "-u", "postgres", "--"], account
+
+
+def _wait_ready(server: PostgresServer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if server.process.poll() is not None:
+            raise PostgresUnavailable(f"postgres exited at start:\n{server.log}")
+        try:
+            with server.connect() as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise PostgresUnavailable(
+                    f"postgres not ready after {START_TIMEOUT_S}s:\n{server.log}"
+                ) from None
+            time.sleep(0.1)
+
+
+def _postmaster_pid(data: Path) -> int | None:
+    try:
+        first_line = (data / "postmaster.pid").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first_line) if first_line.strip().isdigit() else None
+
+
+def _stop(server: PostgresServer) -> None:
+    """Fast shutdown (SIGINT) of the postmaster by its PID, then wait for it."""
+    pid = _postmaster_pid(server.root / "data")
+    process = server.process
+    if process.poll() is None:
+        # Under runuser the Popen child is runuser itself: signal the postmaster.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid if pid is not None else process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid if pid is not None else process.pid, signal.SIGQUIT)
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _initdb(prefix: list[str], initdb: Path, data: Path) -> None:
+    command = [*prefix, str(initdb), "--pgdata", str(data), "--username", "postgres"]
+    command += ["--auth", "trust", "--encoding", "UTF8", "--no-locale", "--no-sync"]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        raise PostgresUnavailable(f"initdb failed:\n{output}")
+
+
+def _start(prefix: list[str], postgres: Path, root: Path) -> PostgresServer:
+    settings = {
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": str(root),
+        "fsync": "off",  # a throwaway cluster: durability buys nothing
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "max_connections": "200",
+    }
+    options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
+    for _attempt in range(3):  # another process may take the port between probe and bind
+        port = _free_port()
+        with (root / "postgres.log").open("wb") as log:
+            process = subprocess.Popen(
+                [*prefix, str(postgres), "-D", str(root / "data"), "-p", str(port), *options],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = PostgresServer(root, port, process)
+        try:
+            _wait_ready(server)
+        except PostgresUnavailable:
+            _stop(server)
+            if "could not bind" in server.log:
+                continue
+            raise
+        return server
+    raise PostgresUnavailable(f"postgres could not bind a port:\n{root / 'postgres.log'}")
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """Start a fresh cluster; stop it and delete its files on exit."""
+    initdb, postgres = find_binaries()
+    prefix, account = _as_postgres_user()
+    root = Path(tempfile.mkdtemp(prefix="housing-pg-"))
+    try:
+        if account is not None:
+            os.chown(root, account.pw_uid, account.pw_gid)
+        _initdb(prefix, initdb, root / "data")
+        server = _start(prefix, postgres, root)
+        try:
+            yield server
+        finally:
+            _stop(server)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
