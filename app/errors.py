@@ -58,6 +58,10 @@ class UnsupportedMediaType(ApiError):
     status, slug, title = 415, "unsupported-media-type", "Unsupported Media Type"
 
 
+class TooManyRequests(ApiError):
+    status, slug, title = 429, "rate-limited", "Too Many Requests"
+
+
 class ServiceUnavailable(ApiError):
     status, slug, title = 503, "service-unavailable", "Service Unavailable"
 

@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from slowapi.errors import RateLimitExceeded
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.errors import install_error_handlers
 from app.identity import open_store, pepper, signing_keys
-from app.middleware import MaxBodySizeMiddleware
+from app.limits import FailureThrottle, build_limiter, rate_limited
+from app.middleware import LoadSheddingMiddleware, MaxBodySizeMiddleware
 from app.routes import health, jwks, models, oauth, predict
 from app.settings import Settings
 from auth.verifier import CredentialVerifier
@@ -46,7 +49,12 @@ def create_app(settings: Settings) -> FastAPI:
             async def database() -> bool:
                 return await run_in_threadpool(store.ping)
 
-            app.state.readiness_checks.update(models=models_loaded, database=database)
+            async def limiter_storage() -> bool:
+                return await run_in_threadpool(limiter.storage_ok)
+
+            app.state.readiness_checks.update(
+                models=models_loaded, database=database, limiter=limiter_storage
+            )
             yield
 
     app = FastAPI(
@@ -55,14 +63,36 @@ def create_app(settings: Settings) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
     )
+    limiter = build_limiter(settings)
     app.state.settings = settings
     app.state.signing_keys = keys
+    app.state.limiter = limiter
+    app.state.token_throttle = FailureThrottle(limiter, settings.rate_limit_token, "token-fail")
+    app.state.auth_throttle = FailureThrottle(
+        limiter, settings.rate_limit_auth_failures, "auth-fail"
+    )
     app.state.readiness_checks = {}
     install_error_handlers(app)
-    app.add_middleware(MaxBodySizeMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RateLimitExceeded, rate_limited)
+
+    # Middleware runs outermost-last-added: proxy headers first, then shedding, then body.
+    app.add_middleware(
+        MaxBodySizeMiddleware,
+        max_bytes=settings.max_body_bytes,
+        read_timeout=settings.body_read_timeout_seconds,
+    )
+    app.add_middleware(
+        LoadSheddingMiddleware,
+        limit=settings.max_inflight_predictions,
+        path_prefixes=("/v1/predict", "/v2/predict"),
+    )
+    # X-Forwarded-For/-Proto are believed only from FORWARDED_ALLOW_IPS (the Nginx host);
+    # from anyone else they are ignored and the TCP peer stays the client address.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+
     app.include_router(health.router)
-    app.include_router(predict.router)
-    app.include_router(models.router)
-    app.include_router(oauth.router)
+    app.include_router(predict.build_router(limiter, settings))
+    app.include_router(models.build_router(limiter, settings))
+    app.include_router(oauth.build_router(limiter, settings))
     app.include_router(jwks.router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,9 +18,10 @@ class MaxBodySizeMiddleware:
     byte past the limit, so a client cannot make us buffer more than we allow.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,7 +43,11 @@ class MaxBodySizeMiddleware:
 
         async def counting_receive() -> Message:
             nonlocal received
-            message = await receive()
+            # A slow client may not hold a worker: each chunk must arrive in time.
+            with anyio.move_on_after(self.read_timeout) as deadline:
+                message = await receive()
+            if deadline.cancelled_caught:
+                raise HTTPException(408, "The request body arrived too slowly.")
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -54,3 +60,37 @@ class MaxBodySizeMiddleware:
 
     def _detail(self) -> str:
         return f"The request body exceeds the limit of {self.max_bytes} bytes."
+
+
+class LoadSheddingMiddleware:
+    """At most ``limit`` requests doing model work per process; the rest get 503 at once.
+
+    Counting happens on the event loop as a request arrives, before it queues for
+    a thread, so an overload answers ``Retry-After`` immediately instead of growing
+    an unbounded queue (and latency) behind the model.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, path_prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.limit = limit
+        self.path_prefixes = path_prefixes
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.path_prefixes):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = problem_response(
+                503,
+                "The service is at capacity; retry shortly.",
+                slug="overloaded",
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

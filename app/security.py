@@ -14,7 +14,8 @@ from fastapi import Depends, Request, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
 from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
 
-from app.errors import ApiError
+from app.errors import ApiError, TooManyRequests
+from app.limits import FailureThrottle, client_ip
 from auth import scopes as S
 from auth.principal import Principal
 from auth.verifier import CredentialRejected, CredentialVerifier
@@ -73,7 +74,7 @@ def get_verifier(request: Request) -> CredentialVerifier:
 def _bearer_token(authorization: str) -> str:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Send 'Authorization: Bearer <token>'.", token_sent=True)
+        raise CredentialRejected("not_bearer")
     return token.strip()
 
 
@@ -89,24 +90,31 @@ def authenticate(
     A plain ``def``: FastAPI runs it in the threadpool, where the occasional
     cache refresh may read the database without blocking the event loop.
     """
-    ip = request.client.host if request.client else None
+    ip = client_ip(request)
+    throttle: FailureThrottle = request.app.state.auth_throttle
+    if api_key is not None or authorization is not None:
+        # Failed authentications count against the address, never against the key
+        # or client they named, so nobody can lock a partner out by guessing.
+        refusal = throttle.refusal(ip)
+        if refusal is not None:
+            request.state.auth_failure = "throttled"
+            raise TooManyRequests(
+                "Too many failed authentications from this address; retry later.",
+                headers=refusal,
+            )
     principal: Principal | None = None
-    if api_key is not None:
-        try:
+    try:
+        if api_key is not None:
             principal = verifier.verify_api_key(api_key, ip=ip)
-        except CredentialRejected as exc:
-            request.state.auth_failure = exc.reason
-            raise Unauthenticated(
-                "The API key is invalid, expired or revoked.", token_sent=True
-            ) from None
-    if authorization is not None:
-        try:
+        if authorization is not None:
             principal = verifier.verify_bearer(_bearer_token(authorization))
-        except CredentialRejected as exc:
-            request.state.auth_failure = exc.reason
-            raise Unauthenticated(
-                "The access token is invalid, expired or revoked.", token_sent=True
-            ) from None
+    except CredentialRejected as exc:
+        request.state.auth_failure = exc.reason
+        throttle.failed(ip)
+        kind = "API key" if principal is None and api_key is not None else "access token"
+        raise Unauthenticated(
+            f"The {kind} is invalid, expired or revoked.", token_sent=True
+        ) from None
     if principal is None:
         request.state.auth_failure = "missing"
         raise Unauthenticated(

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -45,9 +46,37 @@ class Settings(BaseSettings):
 
     rate_limit_predict: str = "120/minute"
     rate_limit_token: str = "10/minute"  # noqa: S105 - a rate, not a secret
+    # Failed authentications per client address, on every guarded route.
+    rate_limit_auth_failures: str = "30/minute"
+    # Per-plan overrides of RATE_LIMIT_PREDICT; a client's or key's plan picks one.
+    rate_limit_plans: dict[str, str] = Field(
+        default_factory=lambda: {
+            "free": "30/minute",
+            "partner": "600/minute",
+            "internal": "6000/minute",
+        }
+    )
+    # Model work in flight per process; past it, 503 + Retry-After at once.
+    max_inflight_predictions: int = Field(default=32, ge=1, le=10_000)
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=MIB, ge=1024)
     forwarded_allow_ips: str = "127.0.0.1"
+
+    @field_validator(
+        "rate_limit_predict", "rate_limit_token", "rate_limit_auth_failures", mode="after"
+    )
+    @classmethod
+    def _valid_limit(cls, value: str) -> str:
+        parse_many(value)  # raises ValueError with the offending text
+        return value
+
+    @field_validator("rate_limit_plans", mode="after")
+    @classmethod
+    def _valid_plans(cls, plans: dict[str, str]) -> dict[str, str]:
+        for value in plans.values():
+            parse_many(value)
+        return plans
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -72,7 +72,12 @@ def serve(
     if not settings.is_production:
         _first_run_demo(settings, host, port)
 
-    forwarded = settings.forwarded_allow_ips
+    if workers > 1 and not settings.redis_url:
+        typer.echo(
+            f"warning: REDIS_URL is unset, so each of the {workers} workers keeps its own "
+            "in-memory rate limits (a limit of N allows up to N per worker). Set REDIS_URL.",
+            err=True,
+        )
     if workers == 1:
         import uvicorn
 
@@ -81,8 +86,8 @@ def serve(
             factory=True,
             host=host,
             port=port,
-            proxy_headers=True,
-            forwarded_allow_ips=forwarded,
+            # The app applies X-Forwarded-* itself, from FORWARDED_ALLOW_IPS only.
+            proxy_headers=False,
             server_header=False,
         )
         return
@@ -96,8 +101,9 @@ def serve(
         str(workers),
         "--bind",
         f"{host}:{port}",
+        # uvicorn-worker applies proxy headers too: give it the same trust list.
         "--forwarded-allow-ips",
-        forwarded,
+        settings.forwarded_allow_ips,
         "--graceful-timeout",
         "20",
         "--timeout",

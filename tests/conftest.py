@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from tests.support.postgres import (
     find_binaries,
     running_postgres,
 )
+from tests.support.redis import RedisServer, RedisUnavailable, running_redis
+from tests.support.redis import find_binary as find_redis_binary
 
 # --- PostgreSQL: one real server per test session, a fresh database per test ---------
 # Used by tests marked @pytest.mark.postgres (the credential store's, among others).
@@ -61,3 +64,38 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- end of the models block -------------------------------------------------------------
+
+
+# --- Redis: one real server per test session, a clean database per test -----------------
+# Used by the shared rate-limit tests (tests/limits/test_shared_limits.py). A test may
+# ``redis_server.stop()`` and ``redis_server.start()`` it (same port) to play an outage.
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1; a missing binary fails the run, never skips."""
+    try:
+        find_redis_binary()
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with running_redis() as server:
+        yield server
+
+
+_redis_databases = itertools.count()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """``redis://`` URL of a logical database of its own (0-15 in turn), flushed before
+    and after the test; the server is brought back first if the test left it stopped."""
+    db = next(_redis_databases) % 16
+    with redis_server.client(db) as conn:
+        conn.flushdb()
+    yield redis_server.url(db)
+    redis_server.start()
+    with redis_server.client(db) as conn:
+        conn.flushdb()
+
+
+# --- end of the Redis block ----------------------------------------------------------------

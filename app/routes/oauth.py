@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.deps import SettingsDep
+from app.limits import FailureThrottle, QuotaLimiter, client_ip
 from app.settings import Settings
 from auth.errors import PasswordCheckBusy
 from auth.jwt_keys import SigningKeys
@@ -26,8 +27,6 @@ from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import ClientRecord, CredentialStore
 from auth.tokens import InvalidTokenError, decode_access_token, issue_access_token
 from auth.verifier import CredentialVerifier
-
-router = APIRouter(tags=["oauth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FORM = "application/x-www-form-urlencoded"
@@ -125,13 +124,27 @@ def _client_credentials(request: Request, form: dict[str, str]) -> ClientCredent
     return None
 
 
+def _throttled(throttle: FailureThrottle, name: str) -> None:
+    """429 once ``name`` has failed too often, whatever this attempt's credentials."""
+    headers = throttle.refusal(name)
+    if headers is not None:
+        raise OAuthError(
+            "slow_down", "Too many failed attempts; retry later.", status=429, headers=headers
+        )
+
+
 async def _authenticate_client(
-    store: CredentialStore, credentials: ClientCredentials, ip: str | None
+    request: Request, credentials: ClientCredentials, ip: str | None
 ) -> ClientRecord:
+    store: CredentialStore = request.app.state.store
+    throttle: FailureThrottle = request.app.state.token_throttle
+    name = f"client:{credentials.client_id[:200]}"
+    _throttled(throttle, name)
     client = await run_in_threadpool(
         lambda: store.authenticate_client(credentials.client_id, credentials.secret, ip=ip)
     )
     if client is None:
+        throttle.failed(name)
         raise _invalid_client(credentials.used_basic)
     return client
 
@@ -208,24 +221,6 @@ def _state(request: Request) -> tuple[CredentialStore, SigningKeys, CredentialVe
     return state.store, state.signing_keys, state.verifier
 
 
-@router.post(
-    "/token",
-    summary="Issue an access token (client credentials; password grant when enabled)",
-    openapi_extra=TOKEN_FORM_SCHEMA,
-    response_class=JSONResponse,
-    responses={
-        200: {"content": {"application/json": {"schema": TOKEN_RESPONSE_SCHEMA}}},
-        **_oauth_errors(400, 401, 413, 429, 503),
-    },
-)
-async def token(request: Request, settings: SettingsDep) -> Response:
-    try:
-        return await _issue(request, settings)
-    except OAuthError as exc:
-        request.state.auth_failure = exc.error
-        return exc.response()
-
-
 async def _issue(request: Request, settings: Settings) -> Response:
     store, keys, _ = _state(request)
     ip = request.client.host if request.client else None
@@ -238,16 +233,19 @@ async def _issue(request: Request, settings: Settings) -> Response:
     if grant_type == "client_credentials":
         if credentials is None:
             raise _invalid_client(used_basic=False)
-        client = await _authenticate_client(store, credentials, ip)
+        client = await _authenticate_client(request, credentials, ip)
         scopes = _granted_scopes(form.get("scope"), client.scopes)
         subject, client_id, kind, plan = client.client_id, client.client_id, "client", client.plan
     elif grant_type == "password" and settings.password_grant_enabled:
         client_id = FIRST_PARTY_CLIENT
         if credentials is not None:  # optional for the password grant, but checked if sent
-            client_id = (await _authenticate_client(store, credentials, ip)).client_id
+            client_id = (await _authenticate_client(request, credentials, ip)).client_id
         username, password = form.get("username"), form.get("password")
         if username is None or password is None:
             raise OAuthError("invalid_request", "username and password are required.")
+        throttle: FailureThrottle = request.app.state.token_throttle
+        name = f"user:{username[:200]}"
+        _throttled(throttle, name)
         try:
             user = await run_in_threadpool(
                 lambda: store.authenticate_user(username, password, ip=ip)
@@ -260,6 +258,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
                 headers={"Retry-After": "1"},
             ) from None
         if user is None:
+            throttle.failed(name)
             raise OAuthError("invalid_grant", "The username or password is incorrect.")
         scopes = _granted_scopes(form.get("scope"), user.scopes)
         subject, kind, plan = user.username, "user", user.plan
@@ -320,24 +319,6 @@ REVOKE_FORM_SCHEMA: dict[str, Any] = {
 }
 
 
-@router.post(
-    "/revoke",
-    summary="Revoke an access token (RFC 7009)",
-    openapi_extra=REVOKE_FORM_SCHEMA,
-    response_class=Response,
-    responses={
-        200: {"description": "Revoked, or unknown (RFC 7009 §2.2)."},
-        **_oauth_errors(400, 401, 413, 429),
-    },
-)
-async def revoke(request: Request, settings: SettingsDep) -> Response:
-    try:
-        return await _revoke(request, settings)
-    except OAuthError as exc:
-        request.state.auth_failure = exc.error
-        return exc.response()
-
-
 async def _revoke(request: Request, settings: Settings) -> Response:
     store, keys, verifier = _state(request)
     ip = request.client.host if request.client else None
@@ -345,7 +326,7 @@ async def _revoke(request: Request, settings: Settings) -> Response:
     credentials = _client_credentials(request, form)
     if credentials is None:
         raise _invalid_client(used_basic=False)
-    client = await _authenticate_client(store, credentials, ip)
+    client = await _authenticate_client(request, credentials, ip)
     token = form.get("token")
     if token is None:
         raise OAuthError("invalid_request", "token is required.")
@@ -367,3 +348,47 @@ async def _revoke(request: Request, settings: Settings) -> Response:
     )
     verifier.revoke_locally(claims.jti, expires_at)
     return Response(status_code=200, headers=NO_STORE)
+
+
+def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
+    """/token and /revoke, each limited per client address (every attempt counts)."""
+    router = APIRouter(tags=["oauth"])
+    per_address = limiter.limit(settings.rate_limit_token, key_func=client_ip)
+
+    @router.post(
+        "/token",
+        summary="Issue an access token (client credentials; password grant when enabled)",
+        openapi_extra=TOKEN_FORM_SCHEMA,
+        response_class=JSONResponse,
+        responses={
+            200: {"content": {"application/json": {"schema": TOKEN_RESPONSE_SCHEMA}}},
+            **_oauth_errors(400, 401, 413, 429, 503),
+        },
+    )
+    @per_address
+    async def token(request: Request, settings: SettingsDep) -> Response:
+        try:
+            return await _issue(request, settings)
+        except OAuthError as exc:
+            request.state.auth_failure = exc.error
+            return exc.response()
+
+    @router.post(
+        "/revoke",
+        summary="Revoke an access token (RFC 7009)",
+        openapi_extra=REVOKE_FORM_SCHEMA,
+        response_class=Response,
+        responses={
+            200: {"description": "Revoked, or unknown (RFC 7009 §2.2)."},
+            **_oauth_errors(400, 401, 413, 429),
+        },
+    )
+    @per_address
+    async def revoke(request: Request, settings: SettingsDep) -> Response:
+        try:
+            return await _revoke(request, settings)
+        except OAuthError as exc:
+            request.state.auth_failure = exc.error
+            return exc.response()
+
+    return router

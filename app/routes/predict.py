@@ -1,27 +1,27 @@
-"""Prediction endpoints for v1 and v2, single and batch."""
+"""Prediction endpoints for v1 and v2, single and batch.
+
+Built per app by ``build_router(limiter, settings)`` because SlowAPI's limits
+decorate the endpoints with that app's limiter. The endpoints are plain ``def``:
+FastAPI runs them in its threadpool, so neither scikit-learn's CPU work nor the
+limiter's Redis round trip blocks the event loop.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from fastapi import APIRouter, Depends, Security
+from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import ModelsDep, SettingsDep, require_json
+from app.limits import QuotaLimiter, batch_cost, caller_key, cost_of_batch, predict_limit
 from app.openapi import problems
 from app.schemas import BatchPrediction, BatchV1, BatchV2, HouseV1, HouseV2, Prediction
 from app.security import authenticate
+from app.settings import Settings
 from auth.scopes import PREDICT
 from ml.artifacts import LoadedModel
-
-router = APIRouter(
-    tags=["predict"],
-    # Who is calling comes first: an anonymous caller learns nothing about the body.
-    dependencies=[Security(authenticate, scopes=[PREDICT]), Depends(require_json)],
-    responses=problems(401, 403, 413, 415, 422, 429, 503),
-)
 
 
 def _matrix(houses: Sequence[HouseV1], model: LoadedModel) -> np.ndarray:
@@ -32,55 +32,95 @@ def _matrix(houses: Sequence[HouseV1], model: LoadedModel) -> np.ndarray:
     )
 
 
-async def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> list[float]:
-    # scikit-learn is CPU-bound: run it off the event loop so one request
-    # never blocks every other one.
-    prices = await run_in_threadpool(model.predict, _matrix(houses, model))
-    return [float(price) for price in prices]
+def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> list[float]:
+    return [float(price) for price in model.predict(_matrix(houses, model))]
 
 
-def _check_batch_size(size: int, limit: int) -> None:
-    if size > limit:
+def _single(model: LoadedModel, house: HouseV1) -> Prediction:
+    [price] = _predict(model, [house])
+    return Prediction(predicted_price=price, model_version=model.version, model_sha256=model.sha256)
+
+
+def _batch(model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
+    return BatchPrediction(
+        predictions=_predict(model, houses), model_version=model.version, model_sha256=model.sha256
+    )
+
+
+def _check_batch(request: Request, settings: Settings, size: int) -> None:
+    """Refuse batches over MAX_BATCH_SIZE and price the rest for the rate limiter."""
+    if size > settings.max_batch_size:
         raise RequestValidationError(
             [
                 {
                     "type": "too_long",
                     "loc": ("body", "instances"),
-                    "msg": f"A batch holds at most {limit} instances; got {size}.",
+                    "msg": f"At most {settings.max_batch_size} instances per batch; got {size}.",
                 }
             ]
         )
+    request.state.rate_cost = cost_of_batch(size)
 
 
-@router.post("/v1/predict", summary="Predict one price with the v1 model")
-async def predict_v1(house: HouseV1, models: ModelsDep) -> Prediction:
-    model = models["v1"]
-    [price] = await _predict(model, [house])
-    return Prediction(predicted_price=price, model_version="v1", model_sha256=model.sha256)
+# Dependencies run before SlowAPI's check, so the batch's cost is known in time.
+# (FastAPI parses the body once: the same-named, same-typed ``batch`` is shared.)
+def _v1_batch(request: Request, settings: SettingsDep, batch: BatchV1) -> None:
+    _check_batch(request, settings, len(batch.instances))
 
 
-@router.post("/v1/predict/batch", summary="Predict prices for up to MAX_BATCH_SIZE houses (v1)")
-async def predict_v1_batch(
-    batch: BatchV1, models: ModelsDep, settings: SettingsDep
-) -> BatchPrediction:
-    _check_batch_size(len(batch.instances), settings.max_batch_size)
-    model = models["v1"]
-    prices = await _predict(model, batch.instances)
-    return BatchPrediction(predictions=prices, model_version="v1", model_sha256=model.sha256)
+def _v2_batch(request: Request, settings: SettingsDep, batch: BatchV2) -> None:
+    _check_batch(request, settings, len(batch.instances))
 
 
-@router.post("/v2/predict", summary="Predict one price with the v2 model")
-async def predict_v2(house: HouseV2, models: ModelsDep) -> Prediction:
-    model = models["v2"]
-    [price] = await _predict(model, [house])
-    return Prediction(predicted_price=price, model_version="v2", model_sha256=model.sha256)
+def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
+    router = APIRouter(
+        tags=["predict"],
+        # Who is calling comes first: an anonymous caller learns nothing about the body.
+        dependencies=[Security(authenticate, scopes=[PREDICT]), Depends(require_json)],
+        responses=problems(401, 403, 413, 415, 422, 429, 503),
+    )
+    # One budget per caller across every prediction route, v1 and v2 alike.
+    quota = limiter.shared_limit(
+        predict_limit(settings), scope="predict", key_func=caller_key, cost=batch_cost
+    )
+    batch_note = f" At most {settings.max_batch_size} instances; costs 1 + n // 100 of the quota."
 
+    @router.post("/v1/predict", summary="Predict one price with the v1 model")
+    @quota
+    def predict_v1(
+        request: Request, response: Response, house: HouseV1, models: ModelsDep
+    ) -> Prediction:
+        return _single(models["v1"], house)
 
-@router.post("/v2/predict/batch", summary="Predict prices for up to MAX_BATCH_SIZE houses (v2)")
-async def predict_v2_batch(
-    batch: BatchV2, models: ModelsDep, settings: SettingsDep
-) -> BatchPrediction:
-    _check_batch_size(len(batch.instances), settings.max_batch_size)
-    model = models["v2"]
-    prices = await _predict(model, batch.instances)
-    return BatchPrediction(predictions=prices, model_version="v2", model_sha256=model.sha256)
+    @router.post(
+        "/v1/predict/batch",
+        summary="Predict prices for many houses (v1)",
+        description="Answers in request order, identical to single calls." + batch_note,
+        dependencies=[Depends(_v1_batch)],
+    )
+    @quota
+    def predict_v1_batch(
+        request: Request, response: Response, batch: BatchV1, models: ModelsDep
+    ) -> BatchPrediction:
+        return _batch(models["v1"], batch.instances)
+
+    @router.post("/v2/predict", summary="Predict one price with the v2 model")
+    @quota
+    def predict_v2(
+        request: Request, response: Response, house: HouseV2, models: ModelsDep
+    ) -> Prediction:
+        return _single(models["v2"], house)
+
+    @router.post(
+        "/v2/predict/batch",
+        summary="Predict prices for many houses (v2)",
+        description="Answers in request order, identical to single calls." + batch_note,
+        dependencies=[Depends(_v2_batch)],
+    )
+    @quota
+    def predict_v2_batch(
+        request: Request, response: Response, batch: BatchV2, models: ModelsDep
+    ) -> BatchPrediction:
+        return _batch(models["v2"], batch.instances)
+
+    return router

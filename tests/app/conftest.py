@@ -29,6 +29,10 @@ def make_settings(tmp_path: Path, trained_model_dir: Path) -> Callable[..., Sett
             "var_dir": tmp_path / "var",
             "model_dir": trained_model_dir,
             "redis_url": None,
+            # Generous limits: tests of the limits themselves set their own.
+            "rate_limit_predict": "100000/minute",
+            "rate_limit_token": "1000/minute",
+            "rate_limit_auth_failures": "1000/minute",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

@@ -1,0 +1,205 @@
+"""Rate limits with SlowAPI, shared by every worker and replica through Redis.
+
+Keys: the authenticated principal on guarded routes (so one caller's usage never
+throttles another), the client address on /token, /revoke and for failed
+authentication. The client address is the TCP peer, or the proxy's
+X-Forwarded-For only when the peer is in FORWARDED_ALLOW_IPS (see app.main).
+
+Storage: ``memory://`` when REDIS_URL is unset (one process only), else Redis with
+the moving-window strategy. If Redis fails, SlowAPI falls back to per-process
+in-memory limits (each process enforces the full limit on its own, so the
+effective limit is at most workers x limit) and re-checks Redis with back-off;
+/readyz answers 503 meanwhile so operators see it. No request ever fails with a
+500 because the limiter's storage is down.
+
+Batch cost: a batch of n rows costs ``1 + n // 100`` units of the caller's quota,
+so a 1000-row batch costs 11 single predictions: batches stay the cheap way to
+send many rows, but cannot multiply a quota a thousandfold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from limits import RateLimitItem, parse
+from limits.storage import Storage
+from slowapi import Limiter
+from slowapi.errors import RateLimitExceeded
+
+from app.errors import problem_response
+from app.settings import Settings
+
+logger = logging.getLogger("app.limits")
+
+SLOWAPI_CONFIG = Path(__file__).with_name("slowapi.env")
+OAUTH_PATHS = ("/token", "/revoke")
+BATCH_ROWS_PER_UNIT = 100
+
+
+def client_ip(request: Request) -> str:
+    """The peer address (already the real client when a trusted proxy forwarded it)."""
+    return request.client.host if request.client else "unknown"
+
+
+def caller_key(request: Request) -> str:
+    """``<plan>|<principal id>`` for an authenticated caller; the plan picks the limit."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        return f"default|ip:{client_ip(request)}"
+    return f"{principal.plan}|{principal.id}"
+
+
+def batch_cost(request: Request) -> int:
+    cost: int = getattr(request.state, "rate_cost", 1)
+    return cost
+
+
+def cost_of_batch(rows: int) -> int:
+    return 1 + rows // BATCH_ROWS_PER_UNIT
+
+
+class QuotaLimiter(Limiter):
+    """SlowAPI's Limiter, answering quota headers in both the X- and IETF styles.
+
+    Successful answers carry X-RateLimit-{Limit,Remaining,Reset} and the IETF
+    ``RateLimit-Policy`` / ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers);
+    429 answers add ``Retry-After``.
+    """
+
+    @property
+    def storage(self) -> Storage:
+        return cast(Storage, self._storage)
+
+    def storage_ok(self) -> bool:
+        try:
+            return bool(self.storage.check())
+        except Exception:
+            return False
+
+    def _inject_headers(self, response: Response, current_limit: Any) -> Response:
+        if not (self.enabled and self._headers_enabled and current_limit is not None):
+            return response
+        if "RateLimit" in response.headers:
+            return response  # a narrower throttle (e.g. per client name) already answered
+        item, identifiers = current_limit
+        try:
+            stats = self.limiter.get_window_stats(item, *identifiers)
+        except Exception:  # storage down: answer without quota rather than fail
+            logger.warning("rate-limit storage unreachable while reading quota")
+            return response
+        set_quota_headers(response, item, stats.reset_time, stats.remaining)
+        return response
+
+
+def set_quota_headers(
+    response: Response, item: RateLimitItem, reset_time: float, remaining: int
+) -> None:
+    response.headers.update(
+        quota_headers(item, reset_time, remaining, limited=response.status_code == 429)
+    )
+
+
+def quota_headers(
+    item: RateLimitItem, reset_time: float, remaining: int, *, limited: bool
+) -> dict[str, str]:
+    reset_in = max(0, math.ceil(reset_time - time.time()))
+    policy = _policy_name(item)
+    headers = {
+        "X-RateLimit-Limit": str(item.amount),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(math.ceil(reset_time)),
+        "RateLimit-Policy": f'"{policy}";q={item.amount};w={item.get_expiry()}',
+        "RateLimit": f'"{policy}";r={remaining};t={reset_in}',
+    }
+    if limited:
+        headers["Retry-After"] = str(max(1, reset_in))
+    return headers
+
+
+class FailureThrottle:
+    """Failures counted per name (a client id, a username, an address) in the limiter's
+    storage, shared by every worker. Once a name reaches the limit it is refused, even
+    with correct credentials, until the moving window lets old failures go."""
+
+    def __init__(self, limiter: QuotaLimiter, limit: str, scope: str) -> None:
+        self.limiter = limiter
+        self.item = parse(limit)
+        self.scope = scope
+
+    def refusal(self, name: str) -> dict[str, str] | None:
+        """429 headers if ``name`` is throttled, else None."""
+        ids = ("housing-api", self.scope, name)
+        try:
+            if self.limiter.limiter.test(self.item, *ids):
+                return None
+            stats = self.limiter.limiter.get_window_stats(self.item, *ids)
+        except Exception:  # storage down: the per-address limit still holds
+            logger.warning("rate-limit storage unreachable; %s throttle skipped", self.scope)
+            return None
+        return quota_headers(self.item, stats.reset_time, stats.remaining, limited=True)
+
+    def failed(self, name: str) -> None:
+        try:
+            self.limiter.limiter.hit(self.item, "housing-api", self.scope, name)
+        except Exception:
+            logger.warning("rate-limit storage unreachable; %s failure not counted", self.scope)
+
+
+def _policy_name(item: RateLimitItem) -> str:
+    return f"{item.amount}-per-{item.get_expiry()}s"
+
+
+def build_limiter(settings: Settings) -> QuotaLimiter:
+    options: dict[str, Any] = {}
+    if settings.redis_url:
+        # Fail fast when Redis hangs: the in-memory fallback takes over.
+        options = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
+    return QuotaLimiter(
+        key_func=client_ip,
+        strategy="moving-window",
+        storage_uri=settings.redis_url or "memory://",
+        storage_options=options,
+        headers_enabled=True,
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+        key_prefix="housing-api",
+        config_filename=str(SLOWAPI_CONFIG),
+    )
+
+
+def predict_limit(settings: Settings) -> Any:
+    """The caller's limit: its plan's override, else RATE_LIMIT_PREDICT."""
+
+    def limit_for(key: str) -> str:
+        plan = key.split("|", 1)[0]
+        return settings.rate_limit_plans.get(plan, settings.rate_limit_predict)
+
+    return limit_for
+
+
+def parse_limit(text: str) -> RateLimitItem:
+    return parse(text)
+
+
+async def rate_limited(request: Request, exc: Exception) -> Response:
+    """429 with Retry-After and quota headers: OAuth shape on /token, a problem elsewhere."""
+    detail = f"Rate limit exceeded ({cast(RateLimitExceeded, exc).detail}); retry later."
+    response: Response
+    if request.url.path in OAUTH_PATHS:
+        response = JSONResponse(
+            {"error": "slow_down", "error_description": detail},
+            status_code=429,
+            headers={"Cache-Control": "no-store"},
+        )
+    else:
+        response = problem_response(429, detail, slug="rate-limited")
+    limiter: QuotaLimiter = request.app.state.limiter
+    limiter._inject_headers(response, getattr(request.state, "view_rate_limit", None))
+    response.headers.setdefault("Retry-After", "1")
+    return response
