@@ -9,8 +9,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.main import create_app
+from app.observability.logs import configure_logging
 from app.settings import Settings
 
 
 def build() -> FastAPI:
+    configure_logging()
     return create_app(Settings())

@@ -14,7 +14,10 @@ from app.errors import install_error_handlers
 from app.identity import open_store, pepper, signing_keys
 from app.limits import FailureThrottle, build_limiter, rate_limited
 from app.middleware import LoadSheddingMiddleware, MaxBodySizeMiddleware
-from app.routes import health, jwks, models, oauth, predict
+from app.observability import metrics as metrics_routes
+from app.observability.metrics import Metrics
+from app.observability.middleware import RequestContextMiddleware
+from app.routes import docs, health, jwks, models, oauth, predict
 from app.settings import Settings
 from auth.verifier import CredentialVerifier
 from ml.artifacts import load_all
@@ -37,6 +40,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Verified before use: a tampered artifact stops the start (ArtifactError).
         app.state.models = load_all(settings.model_dir)
+        for model in app.state.models.values():
+            estimator = str(model.manifest["estimator"]["name"])
+            metrics.model_info.labels(model.version, model.sha256, estimator).set(1)
         with open_store(settings) as store:
             app.state.store = store
             app.state.verifier = CredentialVerifier(
@@ -62,8 +68,14 @@ def create_app(settings: Settings) -> FastAPI:
         version="1.0.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        # /docs is served by app.routes.docs from local assets (no CDN, strict CSP);
+        # ReDoc would need a CDN, so it is off.
+        docs_url=None,
+        redoc_url=None,
     )
     limiter = build_limiter(settings)
+    metrics = Metrics()
+    app.state.metrics = metrics
     app.state.settings = settings
     app.state.signing_keys = keys
     app.state.limiter = limiter
@@ -89,10 +101,14 @@ def create_app(settings: Settings) -> FastAPI:
     # X-Forwarded-For/-Proto are believed only from FORWARDED_ALLOW_IPS (the Nginx host);
     # from anyone else they are ignored and the TCP peer stays the client address.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
+    # Outermost: every answer, even a shed or refused one, has a request id and a log event.
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
     app.include_router(health.router)
     app.include_router(predict.build_router(limiter, settings))
     app.include_router(models.build_router(limiter, settings))
     app.include_router(oauth.build_router(limiter, settings))
     app.include_router(jwks.router)
+    app.include_router(metrics_routes.router)
+    docs.install(app)
     return app

@@ -81,6 +81,7 @@ class LoadSheddingMiddleware:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
+            scope.setdefault("state", {})["shed"] = True
             response = problem_response(
                 503,
                 "The service is at capacity; retry shortly.",

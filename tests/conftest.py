@@ -18,6 +18,9 @@ from tests.support.postgres import (
 from tests.support.redis import RedisServer, RedisUnavailable, running_redis
 from tests.support.redis import find_binary as find_redis_binary
 
+# Fails the run if any log record of the session carries a secret.
+pytest_plugins = ["tests.support.log_hygiene"]
+
 # --- PostgreSQL: one real server per test session, a fresh database per test ---------
 # Used by tests marked @pytest.mark.postgres (the credential store's, among others).
 

@@ -36,14 +36,23 @@ def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> list[float]:
     return [float(price) for price in model.predict(_matrix(houses, model))]
 
 
-def _single(model: LoadedModel, house: HouseV1) -> Prediction:
+def _note(request: Request, model: LoadedModel, rows: int) -> None:
+    """What the request log and the prediction metrics report."""
+    request.state.model_version = model.version
+    request.state.predicted_rows = rows
+
+
+def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
     [price] = _predict(model, [house])
+    _note(request, model, 1)
     return Prediction(predicted_price=price, model_version=model.version, model_sha256=model.sha256)
 
 
-def _batch(model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
+def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
+    prices = _predict(model, houses)
+    _note(request, model, len(prices))
     return BatchPrediction(
-        predictions=_predict(model, houses), model_version=model.version, model_sha256=model.sha256
+        predictions=prices, model_version=model.version, model_sha256=model.sha256
     )
 
 
@@ -90,7 +99,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     def predict_v1(
         request: Request, response: Response, house: HouseV1, models: ModelsDep
     ) -> Prediction:
-        return _single(models["v1"], house)
+        return _single(request, models["v1"], house)
 
     @router.post(
         "/v1/predict/batch",
@@ -102,14 +111,14 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     def predict_v1_batch(
         request: Request, response: Response, batch: BatchV1, models: ModelsDep
     ) -> BatchPrediction:
-        return _batch(models["v1"], batch.instances)
+        return _batch(request, models["v1"], batch.instances)
 
     @router.post("/v2/predict", summary="Predict one price with the v2 model")
     @quota
     def predict_v2(
         request: Request, response: Response, house: HouseV2, models: ModelsDep
     ) -> Prediction:
-        return _single(models["v2"], house)
+        return _single(request, models["v2"], house)
 
     @router.post(
         "/v2/predict/batch",
@@ -121,6 +130,6 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     def predict_v2_batch(
         request: Request, response: Response, batch: BatchV2, models: ModelsDep
     ) -> BatchPrediction:
-        return _batch(models["v2"], batch.instances)
+        return _batch(request, models["v2"], batch.instances)
 
     return router

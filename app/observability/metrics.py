@@ -1,0 +1,95 @@
+"""Prometheus metrics, correct under gunicorn with several workers.
+
+Each app gets its own ``CollectorRegistry`` (tests build many apps). When
+``PROMETHEUS_MULTIPROC_DIR`` is set (``housing-api serve --workers N`` sets it
+before the workers start), prometheus-client keeps each worker's values in files
+there and ``/metrics`` merges every worker's, so a scrape answered by any worker
+tells the whole truth.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response, Security
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.openapi import problems
+from app.security import authenticate
+from auth.principal import Principal
+from auth.scopes import METRICS
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer, by route.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "predictions", "Rows predicted, by model version.", ["model_version"], registry=r
+        )
+        self.auth_failures = Counter(
+            "auth_failures", "Refused credentials, by reason.", ["reason"], registry=r
+        )
+        self.rate_limited = Counter(
+            "rate_limited", "Requests refused with 429, by route.", ["route"], registry=r
+        )
+        self.shed = Counter("load_shed", "Requests refused with 503 at capacity.", registry=r)
+        self.model_info = Gauge(
+            "model_info",
+            "The model serving each version (value 1), with its artifact hash.",
+            ["version", "sha256", "estimator"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+    def exposition(self) -> bytes:
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]  # untyped lib
+        return generate_latest(merged)
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (scope metrics)",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **problems(401, 403, 429),
+    },
+)
+def metrics(
+    request: Request, _: Annotated[Principal, Security(authenticate, scopes=[METRICS])]
+) -> Response:
+    body = request.app.state.metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,92 @@
+"""One middleware per request: its id, its timing, its metrics and its log event."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability.logs import request_id_var
+from app.observability.metrics import Metrics
+
+logger = logging.getLogger("app.requests")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def _route(scope: Scope) -> str:
+    """The route template (bounded label cardinality), never the raw path."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class RequestContextMiddleware:
+    """Accepts a well-formed ``X-Request-ID`` (Nginx sets one) or makes one, returns
+    it with ``Server-Timing`` on every answer, and records one metrics sample and one
+    JSON log event per request: route, status, latency, principal, model version."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = Headers(scope=scope).get("x-request-id", "")
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_context(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                headers.append("Server-Timing", f"app;dur={elapsed_ms:.2f}")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+            request_id_var.reset(token)
+
+    def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
+        route, method = _route(scope), scope["method"]
+        state: dict[str, Any] = scope.get("state", {})
+        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.latency.labels(route, method).observe(elapsed)
+        failure = state.get("auth_failure")
+        if failure is not None:
+            self.metrics.auth_failures.labels(str(failure)).inc()
+        if status == 429:
+            self.metrics.rate_limited.labels(route).inc()
+        if state.get("shed"):
+            self.metrics.shed.inc()
+        rows = state.get("predicted_rows")
+        if rows:
+            self.metrics.predictions.labels(state.get("model_version", "unknown")).inc(rows)
+        principal = state.get("principal")
+        logger.info(
+            "request",
+            extra={
+                "route": route,
+                "method": method,
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "principal": principal.id if principal is not None else None,
+                "model_version": state.get("model_version"),
+                "auth_failure": failure,
+                "request_id": request_id,
+            },
+        )
