@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Annotated
 
@@ -89,8 +90,16 @@ def serve(
             # The app applies X-Forwarded-* itself, from FORWARDED_ALLOW_IPS only.
             proxy_headers=False,
             server_header=False,
+            log_config=None,  # app.asgi.build configures JSON logging
+            access_log=False,  # one richer event per request comes from the app
         )
         return
+    # Every worker writes its metrics here; /metrics merges them (prometheus-client's
+    # multiprocess mode). The variable must be set before any worker imports it.
+    metrics_dir = (settings.var_dir / "prometheus").resolve()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     argv = [
         gunicorn,
@@ -104,6 +113,8 @@ def serve(
         # uvicorn-worker applies proxy headers too: give it the same trust list.
         "--forwarded-allow-ips",
         settings.forwarded_allow_ips,
+        "--config",
+        "python:app.gunicorn_conf",
         "--graceful-timeout",
         "20",
         "--timeout",
@@ -119,6 +130,7 @@ def _first_run_demo(settings: Settings, host: str, port: int) -> None:
     stored only as an HMAC; it is printed here, once.
     """
     from app.identity import open_store
+    from auth.errors import DuplicateError
     from auth.scopes import PREDICT
 
     marker = settings.var_dir / "demo_client_created"
@@ -128,7 +140,11 @@ def _first_run_demo(settings: Settings, host: str, port: int) -> None:
         if store.list_clients():
             marker.touch()
             return
-        client_id, secret = store.create_client("demo", {PREDICT}, actor="first-run")
+        try:
+            client_id, secret = store.create_client("demo", {PREDICT}, actor="first-run")
+        except DuplicateError:  # another replica starting at the same moment made it
+            marker.touch()
+            return
     marker.touch()
     base = f"http://{host}:{port}"
     body = '{"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}'
