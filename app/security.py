@@ -71,6 +71,12 @@ def get_verifier(request: Request) -> CredentialVerifier:
     return verifier
 
 
+def _repeated_credential(request: Request) -> bool:
+    """A credential header sent twice: the second could hide behind a valid first one."""
+    headers = request.headers
+    return len(headers.getlist("authorization")) > 1 or len(headers.getlist("x-api-key")) > 1
+
+
 def _bearer_token(authorization: str) -> str:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -104,6 +110,8 @@ def authenticate(
             )
     principal: Principal | None = None
     try:
+        if _repeated_credential(request):
+            raise CredentialRejected("repeated_header")
         if api_key is not None:
             principal = verifier.verify_api_key(api_key, ip=ip)
         if authorization is not None:

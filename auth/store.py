@@ -426,7 +426,9 @@ class CredentialStore:
         now = _aware(now, self._clock)
         record: UserRecord | None = None
         stored_hash: str | None = None
-        if 0 < len(username) <= MAX_USERNAME_LENGTH:
+        # Only a well-formed name can exist; anything else (a NUL byte, which PostgreSQL
+        # refuses in text, or a megabyte) is simply unknown, without a database read.
+        if _USERNAME_RE.fullmatch(username):
             with self._sessions() as session:
                 row = session.get(User, username)
                 if row is not None:

@@ -54,7 +54,9 @@ class CredentialVerifier:
     _subjects: dict[tuple[PrincipalKind, str], tuple[bool, float]] = field(
         default_factory=dict, init=False
     )
-    _api_keys: dict[bytes, tuple[Principal, float]] = field(default_factory=dict, init=False)
+    _api_keys: dict[bytes, tuple[Principal, float]] = field(  # (principal, valid until)
+        default_factory=dict, init=False
+    )
 
     def verify_bearer(self, token: str) -> Principal:
         try:
@@ -80,16 +82,21 @@ class CredentialVerifier:
         digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()
         now = self.clock()
         cached = self._api_keys.get(digest)
-        if cached is not None and now - cached[1] < self.refresh_seconds:
+        if cached is not None and now < cached[1]:
             return cached[0]
         record = self.store.authenticate_api_key(api_key, ip=ip)
         if record is None:
             self._api_keys.pop(digest, None)
             raise CredentialRejected("invalid_api_key")
         principal = record.principal()
+        # Never trust the cache past the key's own end (expiry, or rotation grace).
+        ttl = self.refresh_seconds
+        ends = [t for t in (record.expires_at, record.grace_until) if t is not None]
+        if ends:
+            ttl = min(ttl, (min(ends) - datetime.now(UTC)).total_seconds())
         if len(self._api_keys) >= _MAX_CACHED_KEYS:
             self._api_keys.clear()
-        self._api_keys[digest] = (principal, now)
+        self._api_keys[digest] = (principal, now + ttl)
         return principal
 
     def revoke_locally(self, jti: str, expires_at: datetime) -> None:
