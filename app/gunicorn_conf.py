@@ -10,3 +10,12 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped lib
+
+
+def post_worker_init(worker: Any) -> None:
+    """Ignore SIGHUP until the app's lifespan installs its handler (a model reload):
+    gunicorn resets it to the default (terminate) when a worker starts, and a sibling's
+    reload may signal a worker that is still loading."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)

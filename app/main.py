@@ -17,7 +17,9 @@ from app.middleware import LoadSheddingMiddleware, MaxBodySizeMiddleware
 from app.observability import metrics as metrics_routes
 from app.observability.metrics import Metrics
 from app.observability.middleware import RequestContextMiddleware
-from app.routes import docs, health, jwks, models, oauth, predict
+from app.operations.runtime import running_operations
+from app.routes import admin, docs, health, jwks, models, oauth, predict, usage
+from app.routes import keys as key_routes
 from app.settings import Settings
 from auth.verifier import CredentialVerifier
 from ml.artifacts import load_all
@@ -61,7 +63,10 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.readiness_checks.update(
                 models=models_loaded, database=database, limiter=limiter_storage
             )
-            yield
+            # Prediction log, drift gauges, SIGHUP reloads; on shutdown (after uvicorn
+            # has finished the in-flight requests) the prediction log is written out.
+            async with running_operations(app, settings, metrics):
+                yield
 
     app = FastAPI(
         title="Housing price API",
@@ -110,5 +115,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(oauth.build_router(limiter, settings))
     app.include_router(jwks.router)
     app.include_router(metrics_routes.router)
+    app.include_router(admin.build_router(limiter, settings))
+    app.include_router(key_routes.build_router(limiter, settings))
+    app.include_router(usage.build_router(limiter, settings))
     docs.install(app)
     return app

@@ -3,13 +3,15 @@
 Unknown fields are refused, strings and booleans are never coerced into numbers,
 NaN and infinities are refused, and each number must lie within the bounds that
 ``ml.features`` derives from the training data (training range with a margin).
+A count written ``3.0`` is the integer 3, as JSON and the published JSON Schema have
+it (``"type": "integer"`` admits 3.0); ``2.5`` is refused.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
 
 from ml.features import FEATURES, Feature, ModelVersion
@@ -36,6 +38,18 @@ def _spec(name: str) -> FieldInfo:
     return info
 
 
+def whole_number(value: object) -> object:
+    """A float with no fractional part as the int it equals; anything else unchanged,
+    for the strict int check to judge (2.5, "3", true, NaN are all refused there).
+
+    Used as a ``mode="before"`` field validator on integer fields, so that they accept
+    exactly what their OpenAPI type, ``"integer"``, admits.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -50,6 +64,11 @@ class HouseV1(StrictModel):
     bathrms: Annotated[int, _spec("bathrms")]
     stories: Annotated[int, _spec("stories")]
     garagepl: Annotated[int, _spec("garagepl")]
+
+    @field_validator("bedrooms", "bathrms", "stories", "garagepl", mode="before")
+    @classmethod
+    def _whole_counts(cls, value: object) -> object:
+        return whole_number(value)
 
 
 class HouseV2(HouseV1):
@@ -120,3 +139,20 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
+
+
+class ReloadedModel(BaseModel):
+    version: str
+    sha256: str = Field(description="sha256 of the model artifact now in service.")
+    previous_sha256: str | None = Field(description="sha256 of the one it replaced.")
+    changed: bool
+    estimator: str
+
+
+class ModelReload(BaseModel):
+    status: str = Field(description="Always 'reloaded': a failed reload answers 409.")
+    models: list[ReloadedModel]
+    other_workers_signalled: int = Field(
+        description="Under gunicorn, the other workers sent SIGHUP: each reloads the same "
+        "way within moments (this answer covers the worker that gave it). 0 otherwise."
+    )

@@ -59,9 +59,26 @@ class Settings(BaseSettings):
     # Model work in flight per process; past it, 503 + Retry-After at once.
     max_inflight_predictions: int = Field(default=32, ge=1, le=10_000)
     body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # The longest a rotated API key may keep working beside its successor.
+    key_rotation_max_grace_seconds: int = Field(default=7 * 86_400, ge=0, le=90 * 86_400)
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=MIB, ge=1024)
     forwarded_allow_ips: str = "127.0.0.1"
+
+    # Prediction log (app.operations.predictionlog): every prediction, written in batches
+    # by a background thread; past the queue's capacity new ones are dropped and counted.
+    prediction_log_enabled: bool = True
+    prediction_log_retention_days: int = Field(default=30, ge=1, le=3650)
+    prediction_log_queue_rows: int = Field(default=100_000, ge=1_000, le=10_000_000)
+    prediction_log_flush_rows: int = Field(default=5000, ge=1, le=100_000)
+    prediction_log_flush_ms: int = Field(default=1000, ge=10, le=60_000)
+    # Champion/challenger: also score each request with the other version when the
+    # request carries its features, and log that prediction with shadow=true.
+    shadow_mode: bool = False
+    # feature_drift_psi in /metrics: recomputed every DRIFT_REFRESH_SECONDS (0: off) over
+    # the last DRIFT_WINDOW_HOURS of the prediction log.
+    drift_refresh_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    drift_window_hours: float = Field(default=24.0, gt=0, le=24 * 366)
 
     @field_validator(
         "rate_limit_predict", "rate_limit_token", "rate_limit_auth_failures", mode="after"

@@ -27,25 +27,30 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 _PG_MIGRATION_LOCK_ID = 0x686F7573  # "hous"
 
 
-def make_engine(url: str) -> Engine:
-    """An Engine for a SQLite or PostgreSQL URL (``postgresql://`` is run with psycopg 3)."""
+def make_engine(url: str, **options: Any) -> Engine:
+    """An Engine for a SQLite or PostgreSQL URL (``postgresql://`` is run with psycopg 3).
+
+    ``options`` go to ``create_engine`` as they are (e.g. ``json_serializer``).
+    """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, options)
     if backend in ("postgresql", "postgres"):
         if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
             raise ConfigError(
                 f"DATABASE_URL driver {parsed.drivername!r} is not supported; "
                 "use postgresql+psycopg://"
             )
-        return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+        return create_engine(
+            parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, **options
+        )
     raise ConfigError(
         f"DATABASE_URL backend {backend!r} is not supported; use sqlite:/// or postgresql+psycopg://"
     )
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or "mode=memory" in str(url.query)
     kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
@@ -53,7 +58,7 @@ def _sqlite_engine(url: URL) -> Engine:
         kwargs["poolclass"] = StaticPool  # one connection, or each would see an empty DB
     elif not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs, **options)
     event.listen(engine, "connect", _set_sqlite_pragmas)
     return engine
 

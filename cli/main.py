@@ -11,6 +11,7 @@ import typer
 
 from app.settings import Settings
 from cli.credentials import clients, keys, users
+from cli.operations import drift, predictions
 
 app = typer.Typer(
     name="housing-api",
@@ -22,6 +23,8 @@ app = typer.Typer(
 app.add_typer(clients, name="clients")
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
+app.add_typer(predictions, name="predictions")
+app.command()(drift)
 
 
 def fail(message: str) -> typer.Exit:
@@ -92,11 +95,14 @@ def serve(
             server_header=False,
             log_config=None,  # app.asgi.build configures JSON logging
             access_log=False,  # one richer event per request comes from the app
+            # SIGTERM: stop accepting, let in-flight requests finish (at most this long,
+            # as gunicorn's --graceful-timeout), then the lifespan flushes the prediction log.
+            timeout_graceful_shutdown=20,
         )
         return
     # Every worker writes its metrics here; /metrics merges them (prometheus-client's
     # multiprocess mode). The variable must be set before any worker imports it.
-    metrics_dir = (settings.var_dir / "prometheus").resolve()
+    metrics_dir = (settings.var_dir / f"prometheus-{port}").resolve()  # one per server
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -115,12 +121,15 @@ def serve(
         settings.forwarded_allow_ips,
         "--config",
         "python:app.gunicorn_conf",
+        # Unused, and by default one per user: replicas on one host would share it.
+        "--no-control-socket",
         "--graceful-timeout",
         "20",
         "--timeout",
         "60",
     ]
-    os.execv(gunicorn, argv)  # noqa: S606 - replaces this process with gunicorn, fixed argv
+    # Replaces this process with gunicorn; a fixed argv, no shell.
+    os.execv(gunicorn, argv)  # noqa: S606  # nosec B606
 
 
 def _first_run_demo(settings: Settings, host: str, port: int) -> None:

@@ -59,12 +59,52 @@ class Metrics:
             "rate_limited", "Requests refused with 429, by route.", ["route"], registry=r
         )
         self.shed = Counter("load_shed", "Requests refused with 503 at capacity.", registry=r)
+        # livemax, not max: a worker that exits (gunicorn's graceful reload on SIGHUP)
+        # takes its models' series with it (app.gunicorn_conf.child_exit).
         self.model_info = Gauge(
             "model_info",
-            "The model serving each version (value 1), with its artifact hash.",
+            "The model serving each version (value 1; 0 once replaced), with its artifact hash.",
             ["version", "sha256", "estimator"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
+        )
+        self.model_reloads = Counter(
+            "model_reloads", "Model reloads, by outcome (ok, failed).", ["outcome"], registry=r
+        )
+        # The prediction log (app.operations.predictionlog).
+        self.prediction_log_written = Counter(
+            "prediction_log_written",
+            "Predictions written to the prediction log (one table row per request and model).",
+            registry=r,
+        )
+        self.prediction_log_dropped = Counter(
+            "prediction_log_dropped",
+            "Predictions not written to the prediction log, by reason "
+            "(queue_full, write_error, shadow_error, closed).",
+            ["reason"],
+            registry=r,
+        )
+        self.prediction_log_queued = Gauge(
+            "prediction_log_queued",
+            "Predictions waiting for the prediction-log writer.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # Drift of live inputs and predictions from the training data (app.operations.drift).
+        self.feature_drift_psi = Gauge(
+            "feature_drift_psi",
+            "Population stability index of logged inputs (and 'prediction') against the "
+            "training histograms: < 0.1 stable, 0.1-0.25 moderate, > 0.25 significant.",
+            ["version", "feature"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.feature_drift_rows = Gauge(
+            "feature_drift_sample_rows",
+            "Logged predictions the last drift computation used, by model version.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
 
     def exposition(self) -> bytes:

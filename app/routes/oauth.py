@@ -17,9 +17,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 
 from app.deps import SettingsDep
 from app.limits import FailureThrottle, QuotaLimiter, client_ip
+from app.openapi import problems
 from app.settings import Settings
 from auth.errors import PasswordCheckBusy
 from auth.jwt_keys import SigningKeys
@@ -30,8 +32,25 @@ from auth.verifier import CredentialVerifier
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FORM = "application/x-www-form-urlencoded"
-MAX_FIELD_LENGTH = 4096
+MAX_FIELD_LENGTH = 4096  # characters of a parameter's value, once decoded
+MAX_FIELDS = 20
+# A parameter percent-encoded on the wire: up to 12 bytes per character ("%F0%9F%94%91").
+MAX_ENCODED_FIELD_BYTES = 16 * MAX_FIELD_LENGTH
 FIRST_PARTY_CLIENT = "first-party"
+BEARER = "bearer"  # RFC 6749 §7.1 token type
+# Every parameter /token and /revoke read; anything else is ignored (RFC 6749 §3.1).
+PARAMETERS = frozenset(
+    {
+        "grant_type",
+        "scope",
+        "client_id",
+        "client_secret",
+        "username",
+        "password",
+        "token",
+        "token_type_hint",
+    }
+)
 
 
 class OAuthError(Exception):
@@ -70,16 +89,25 @@ def _invalid_client(used_basic: bool) -> OAuthError:
 
 
 async def _read_form(request: Request) -> dict[str, str]:
-    """The form fields, each at most once (RFC 6749 §3.2), or ``invalid_request``."""
+    """The parameters we know, each at most once (RFC 6749 §3.2), or ``invalid_request``.
+
+    Unknown parameters are ignored, as RFC 6749 §3.1 requires, and never echoed back.
+    """
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != FORM:
         raise OAuthError("invalid_request", f"Send the parameters as {FORM}.")
     try:
-        form: FormData = await request.form(max_fields=20, max_part_size=MAX_FIELD_LENGTH)
+        form: FormData = await request.form(
+            max_fields=MAX_FIELDS, max_part_size=MAX_ENCODED_FIELD_BYTES
+        )
+    except HTTPException:  # the body guard's 413 or 408, answered as it declares
+        raise
     except Exception:  # malformed encodings of every kind: one clear answer
         raise OAuthError("invalid_request", "The form could not be parsed.") from None
     fields: dict[str, str] = {}
     for name, value in form.multi_items():
+        if name not in PARAMETERS:
+            continue
         if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
             raise OAuthError("invalid_request", f"Parameter '{name}' is not valid.")
         if name in fields:
@@ -162,30 +190,48 @@ def _granted_scopes(requested: str | None, allowed: frozenset[str]) -> frozenset
     return wanted
 
 
-TOKEN_FORM_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            FORM: {
-                "schema": {
-                    "type": "object",
-                    "required": ["grant_type"],
-                    "properties": {
-                        "grant_type": {
-                            "type": "string",
-                            "enum": ["client_credentials", "password"],
+def _form_schema(required: str, properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The form as the endpoint reads it: known parameters of bounded length, a client
+    secret only with its client id, empty values as if omitted (RFC 6749 §3.1)."""
+    bounded = {"maxLength": MAX_FIELD_LENGTH}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                FORM: {
+                    "schema": {
+                        "type": "object",
+                        "required": [required],
+                        "properties": {
+                            name: {"type": "string", **bounded, **extra}
+                            for name, extra in properties.items()
                         },
-                        "scope": {"type": "string", "description": "Space-separated scopes."},
-                        "client_id": {"type": "string"},
-                        "client_secret": {"type": "string", "format": "password"},
-                        "username": {"type": "string"},
-                        "password": {"type": "string", "format": "password"},
-                    },
+                        "dependentRequired": {"client_secret": ["client_id"]},
+                        # Unknown parameters are ignored (RFC 6749 §3.1).
+                        "additionalProperties": {"type": "string", **bounded},
+                        "propertyNames": {"maxLength": 256},
+                        "maxProperties": MAX_FIELDS,
+                    }
                 }
-            }
-        },
+            },
+        }
     }
+
+
+_CLIENT: dict[str, dict[str, Any]] = {
+    "client_id": {"minLength": 1},
+    "client_secret": {"format": "password"},
 }
+TOKEN_FORM_SCHEMA = _form_schema(
+    "grant_type",
+    {
+        "grant_type": {"enum": ["client_credentials", "password"]},
+        "scope": {"description": "Space-separated scopes."},
+        **_CLIENT,
+        "username": {},
+        "password": {"format": "password"},
+    },
+)
 
 OAUTH_ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -209,7 +255,7 @@ TOKEN_RESPONSE_SCHEMA: dict[str, Any] = {
     "required": ["access_token", "token_type", "expires_in", "scope"],
     "properties": {
         "access_token": {"type": "string"},
-        "token_type": {"type": "string", "enum": ["bearer"]},
+        "token_type": {"type": "string", "enum": [BEARER]},
         "expires_in": {"type": "integer"},
         "scope": {"type": "string"},
     },
@@ -284,7 +330,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
     return JSONResponse(
         {
             "access_token": issued.token,
-            "token_type": "bearer",
+            "token_type": BEARER,
             "expires_in": settings.access_token_ttl_seconds,
             "scope": format_scopes(scopes),
         },
@@ -298,25 +344,10 @@ def _grants(settings: Settings) -> str:
     )
 
 
-REVOKE_FORM_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            FORM: {
-                "schema": {
-                    "type": "object",
-                    "required": ["token"],
-                    "properties": {
-                        "token": {"type": "string"},
-                        "token_type_hint": {"type": "string", "enum": ["access_token"]},
-                        "client_id": {"type": "string"},
-                        "client_secret": {"type": "string", "format": "password"},
-                    },
-                }
-            }
-        },
-    }
-}
+REVOKE_FORM_SCHEMA = _form_schema(
+    "token",
+    {"token": {"minLength": 1}, "token_type_hint": {"enum": ["access_token"]}, **_CLIENT},
+)
 
 
 async def _revoke(request: Request, settings: Settings) -> Response:
@@ -362,7 +393,9 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         response_class=JSONResponse,
         responses={
             200: {"content": {"application/json": {"schema": TOKEN_RESPONSE_SCHEMA}}},
-            **_oauth_errors(400, 401, 413, 429, 503),
+            **_oauth_errors(400, 401, 429, 503),
+            # The body guard answers before the endpoint runs: problem details.
+            **problems(408, 413),
         },
     )
     @per_address
@@ -380,7 +413,8 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         response_class=Response,
         responses={
             200: {"description": "Revoked, or unknown (RFC 7009 §2.2)."},
-            **_oauth_errors(400, 401, 413, 429),
+            **_oauth_errors(400, 401, 429),
+            **problems(408, 413),
         },
     )
     @per_address

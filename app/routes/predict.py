@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from app.deps import ModelsDep, SettingsDep, require_json
 from app.limits import QuotaLimiter, batch_cost, caller_key, cost_of_batch, predict_limit
 from app.openapi import problems
+from app.operations.runtime import record_predictions
 from app.schemas import BatchPrediction, BatchV1, BatchV2, HouseV1, HouseV2, Prediction
 from app.security import authenticate
 from app.settings import Settings
@@ -45,12 +46,14 @@ def _note(request: Request, model: LoadedModel, rows: int) -> None:
 def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
     [price] = _predict(model, [house])
     _note(request, model, 1)
+    record_predictions(request, model, [house], [price])
     return Prediction(predicted_price=price, model_version=model.version, model_sha256=model.sha256)
 
 
 def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
     prices = _predict(model, houses)
     _note(request, model, len(prices))
+    record_predictions(request, model, houses, prices)
     return BatchPrediction(
         predictions=prices, model_version=model.version, model_sha256=model.sha256
     )
@@ -86,7 +89,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         tags=["predict"],
         # Who is calling comes first: an anonymous caller learns nothing about the body.
         dependencies=[Security(authenticate, scopes=[PREDICT]), Depends(require_json)],
-        responses=problems(401, 403, 413, 415, 422, 429, 503),
+        responses=problems(401, 403, 408, 413, 415, 422, 429, 503),
     )
     # One budget per caller across every prediction route, v1 and v2 alike.
     quota = limiter.shared_limit(

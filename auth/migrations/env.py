@@ -5,11 +5,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from app.operations.predictionlog import PredictionLogBase
 from auth.db import make_engine
 from auth.models import Base
 
 config = context.config
-target_metadata = Base.metadata
+# Every table of the database: the credential store's and the prediction log's.
+target_metadata = [Base.metadata, PredictionLogBase.metadata]
 
 
 def _run(connection: Connection) -> None:

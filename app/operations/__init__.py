@@ -1,0 +1,1 @@
+"""Running the model in production: prediction log, drift, model reloads, shutdown."""

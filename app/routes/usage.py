@@ -1,0 +1,120 @@
+"""What a caller has used and has left, from the counters that already exist.
+
+The remaining quota comes from the rate limiter's own window (the same counter
+that answers 429); daily counts come from the prediction log. Nothing here keeps
+a second bookkeeping that could disagree with either.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter, Request, Response
+from limits import parse
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, func, select
+
+from app.limits import QuotaLimiter, caller_key, predict_limit
+from app.openapi import problems
+from app.operations.predictionlog import PredictionLogRow
+from app.security import Authenticated
+from app.settings import Settings
+from auth.principal import Principal
+from auth.store import CredentialStore
+
+DAYS = 30
+
+
+class Quota(BaseModel):
+    limit: int
+    remaining: int
+    window_seconds: int
+    reset_at: datetime
+
+
+class Day(BaseModel):
+    date: str
+    requests: int = Field(description="Prediction requests answered.")
+    predictions: int = Field(description="Rows predicted (a batch counts each row).")
+    by_key: dict[str, int] = Field(description="Requests per identity, e.g. per API key.")
+
+
+class Usage(BaseModel):
+    principal: str
+    plan: str
+    quota: Quota | None = Field(description="The current prediction window; null if unknown.")
+    days: list[Day] = Field(description=f"The last {DAYS} days with any use, newest first.")
+
+
+def _identities(principal: Principal, store: CredentialStore) -> list[str]:
+    """The caller itself, and for an API key every key of the same owner."""
+    if principal.kind != "api_key":
+        return [principal.id]
+    record = store.get_api_key(principal.subject)
+    if record is None:
+        return [principal.id]
+    return [f"api_key:{k.key_id}" for k in store.list_api_keys(record.owner)]
+
+
+def _daily(engine: Engine, identities: list[str], since: datetime) -> list[Day]:
+    day = func.date(PredictionLogRow.at)
+    query = (
+        select(
+            day,
+            PredictionLogRow.principal,
+            func.count(),
+            func.sum(PredictionLogRow.batch_size),
+        )
+        .where(
+            PredictionLogRow.principal.in_(identities),
+            PredictionLogRow.at >= since,
+            PredictionLogRow.shadow.is_(False),
+        )
+        .group_by(day, PredictionLogRow.principal)
+    )
+    days: dict[str, Day] = {}
+    with engine.connect() as connection:
+        for date, principal, requests, predictions in connection.execute(query):
+            entry = days.setdefault(
+                str(date), Day(date=str(date), requests=0, predictions=0, by_key={})
+            )
+            entry.requests += int(requests)
+            entry.predictions += int(predictions or 0)
+            entry.by_key[str(principal).split(":", 1)[-1]] = int(requests)
+    return sorted(days.values(), key=lambda d: d.date, reverse=True)
+
+
+def _quota(request: Request, limiter: QuotaLimiter, settings: Settings) -> Quota | None:
+    key = caller_key(request)
+    item = parse(predict_limit(settings)(key))
+    try:
+        stats = limiter.limiter.get_window_stats(item, "housing-api", key, "predict")
+    except Exception:  # storage down: say nothing rather than guess
+        return None
+    return Quota(
+        limit=item.amount,
+        remaining=stats.remaining,
+        window_seconds=item.get_expiry(),
+        reset_at=datetime.fromtimestamp(stats.reset_time, UTC),
+    )
+
+
+def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["keys"], responses=problems(401, 429))
+    quota = limiter.shared_limit(predict_limit(settings), scope="usage", key_func=caller_key)
+
+    @router.get("/v1/usage", summary="The caller's request counts and remaining quota")
+    @quota
+    def usage(request: Request, response: Response, caller: Authenticated) -> Usage:
+        store: CredentialStore = request.app.state.store
+        identities = _identities(caller, store)
+        since = datetime.now(UTC) - timedelta(days=DAYS)
+        days = _daily(request.app.state.prediction_log_engine, identities, since)
+        return Usage(
+            principal=caller.id,
+            plan=caller.plan,
+            quota=_quota(request, limiter, settings),
+            days=days,
+        )
+
+    return router

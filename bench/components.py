@@ -1,0 +1,286 @@
+"""What each part of a guarded prediction costs on its own, in process, without a profiler.
+
+Run: ``python -m bench.components --model-dir DIR [--redis-port P]`` (``bench.run``
+calls :func:`measure` with its models and its redis-server). Each figure is the median
+over repeats of the mean µs per call, one thread, nothing else running. These are the
+evidence behind the levers in docs/benchmarks.md: the threadpool hop FastAPI makes for
+every plain ``def`` dependency and endpoint, the JWT check, the model, the limiter's
+storage operations (in memory and in Redis, with a short and a long moving window),
+and body validation. A part that fails to measure (the app moved on) is reported as an
+error instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.predict_path import per_call_us
+
+SINGLE = b'{"lotsize": 5850.0, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}'
+
+
+def _threadpool_hop(repeats: int) -> dict[str, float]:
+    """One ``await run_in_threadpool(f)`` (FastAPI's way to call a plain ``def``)."""
+    import uvloop
+    from starlette.concurrency import run_in_threadpool
+
+    def noop() -> None:
+        return None
+
+    async def hops(n: int) -> float:
+        await run_in_threadpool(noop)  # start the worker thread
+        start = time.perf_counter()
+        for _ in range(n):
+            await run_in_threadpool(noop)
+        return (time.perf_counter() - start) / n * 1e6
+
+    async def inline(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            noop()
+        return (time.perf_counter() - start) / n * 1e6
+
+    samples = [uvloop.run(hops(2000)) for _ in range(repeats)]
+    baseline = [uvloop.run(inline(2000)) for _ in range(repeats)]
+    return {
+        "run_in_threadpool_us": sorted(samples)[len(samples) // 2],
+        "inline_call_us": sorted(baseline)[len(baseline) // 2],
+    }
+
+
+def _jwt(repeats: int) -> dict[str, float]:
+    from auth.jwt_keys import signing_keys_from_secret
+    from auth.tokens import decode_access_token, issue_access_token
+
+    keys = signing_keys_from_secret(b"b" * 48)
+    issued = issue_access_token(
+        keys,
+        subject="cl_bench",
+        client_id="cl_bench",
+        scopes=frozenset({"predict"}),
+        kind="client",
+        plan="default",
+        issuer="housing-api",
+        audience="housing-api",
+        ttl_seconds=900,
+    )
+    return {
+        "decode_access_token_us": per_call_us(
+            lambda: decode_access_token(
+                keys, issued.token, issuer="housing-api", audience="housing-api"
+            ),
+            repeats,
+        )
+    }
+
+
+def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
+    """LoadedModel.predict for one row, and each part of an averaging model on its own."""
+    from ml.artifacts import load_verified
+    from ml.fastpath import compile_predictor, probe_rows
+
+    model = load_verified(model_dir, "v1")
+    X = np.array([[5850.0, 3, 1, 2, 1]], dtype=np.float64)
+    out: dict[str, Any] = {
+        "estimator": model.manifest.get("estimator", {}).get("name"),
+        "predict_path": model.predict_path,
+        "loaded_model_predict_1_row_us": per_call_us(lambda: model.predict(X), repeats),
+        "estimator_predict_1_row_us": per_call_us(lambda: model.estimator.predict(X), repeats),
+        "parts": {},
+    }
+    for name, part in getattr(model.estimator, "named_estimators_", {}).items():
+        compiled = compile_predictor(part)
+        action = compiled if compiled is not None else part.predict
+        out["parts"][name] = {
+            "class": type(part).__name__,
+            "inner": type(getattr(part, "regressor_", part)).__name__,
+            "compiled": compiled is not None,
+            "predict_1_row_us": per_call_us(lambda action=action: action(X), repeats),
+        }
+        direct = _direct_boosting(part)
+        if direct is not None:
+            same = bool(np.array_equal(direct(X), part.predict(X)))
+            out["parts"][name]["direct_predict_stages_1_row_us"] = per_call_us(
+                lambda direct=direct: direct(X), repeats
+            )
+            out["parts"][name]["direct_predict_stages_identical"] = same
+        vectorized = _vectorized_boosting(part)
+        if vectorized is not None:
+            probe = probe_rows("v1")
+            reference, mine = part.predict(probe), vectorized(probe)
+            X1000 = probe[np.arange(1000) % len(probe)]
+            out["parts"][name]["vectorized_trees"] = {
+                "identical_on_probe_rows": bool(np.array_equal(reference, mine)),
+                "max_relative_difference": float(np.max(np.abs(mine / reference - 1))),
+                "predict_1_row_us": per_call_us(lambda v=vectorized: v(X), repeats),
+                "predict_1000_rows_us": per_call_us(
+                    lambda v=vectorized, X1000=X1000: v(X1000), repeats
+                ),
+                "sklearn_predict_1000_rows_us": per_call_us(
+                    lambda part=part, X1000=X1000: part.predict(X1000), repeats
+                ),
+            }
+    return out
+
+
+def _direct_boosting(part: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """For ``TransformedTargetRegressor(GradientBoostingRegressor)``: what scikit-learn's
+    predict computes, through its own Cython ``predict_stages`` without the per-call
+    input validation. A measurement of what a compiled path could save, not a predictor
+    the service uses."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.ensemble._gradient_boosting import predict_stages
+
+    if type(part) is not TransformedTargetRegressor:
+        return None
+    gbm = part.regressor_
+    if type(gbm) is not GradientBoostingRegressor or part.inverse_func is not np.exp:
+        return None
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        raw = gbm._raw_predict_init(X32)
+        predict_stages(gbm.estimators_, X32, gbm.learning_rate, raw)
+        return np.exp(raw.ravel().reshape(-1, 1)).squeeze(axis=1)
+
+    return predict
+
+
+def _vectorized_boosting(part: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A sketch of a compiled ``TransformedTargetRegressor(GradientBoostingRegressor)``:
+    every tree's nodes in flat arrays, all trees walked at once with NumPy, leaf values
+    scaled and summed in stage order (``cumsum`` adds sequentially, as ``predict_stages``
+    does), inputs compared as float32 as scikit-learn's trees do. Measured here, with its
+    agreement with ``predict``, as evidence for a fast path in ``ml.fastpath``."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.dummy import DummyRegressor
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    if type(part) is not TransformedTargetRegressor or part.inverse_func is not np.exp:
+        return None
+    gbm = part.regressor_
+    if type(gbm) is not GradientBoostingRegressor or type(gbm.init_) is not DummyRegressor:
+        return None
+    trees = [e.tree_ for e in gbm.estimators_[:, 0]]
+    width = max(t.node_count for t in trees)
+    depth = max(t.max_depth for t in trees)
+    feature = np.zeros((len(trees), width), dtype=np.intp)
+    threshold = np.zeros((len(trees), width))
+    left = np.zeros((len(trees), width), dtype=np.intp)
+    right = np.zeros((len(trees), width), dtype=np.intp)
+    value = np.zeros((len(trees), width))
+    for i, t in enumerate(trees):
+        n = t.node_count
+        leaf = t.children_left[:n] == -1
+        own = np.arange(n)
+        feature[i, :n] = np.where(leaf, 0, t.feature[:n])
+        threshold[i, :n] = t.threshold[:n]
+        left[i, :n] = np.where(leaf, own, t.children_left[:n])  # a leaf points at itself
+        right[i, :n] = np.where(leaf, own, t.children_right[:n])
+        value[i, :n] = t.value[:n, 0, 0]
+    init = float(gbm.init_.constant_.ravel()[0])
+    rate = gbm.learning_rate
+    columns = np.arange(len(trees))[None, :]
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        X32 = X.astype(np.float32).astype(np.float64)
+        rows = np.arange(X.shape[0])[:, None]
+        node = np.zeros((X.shape[0], len(trees)), dtype=np.intp)
+        for _ in range(depth):
+            goes_left = X32[rows, feature[columns, node]] <= threshold[columns, node]
+            node = np.where(goes_left, left[columns, node], right[columns, node])
+        steps = np.empty((X.shape[0], len(trees) + 1))
+        steps[:, 0] = init
+        steps[:, 1:] = rate * value[columns, node]
+        raw = np.cumsum(steps, axis=1)[:, -1]
+        return np.exp(raw.reshape(-1, 1)).squeeze(axis=1)  # type: ignore[no-any-return]
+
+    return predict
+
+
+def _limiter(repeats: int, redis_port: int | None) -> dict[str, Any]:
+    """Per guarded request the limiter does: test the caller IP's failed-auth window,
+    hit the caller's window, read its stats for the quota headers (moving window)."""
+    from limits import parse
+    from limits.storage import MemoryStorage, RedisStorage, Storage
+    from limits.strategies import MovingWindowRateLimiter
+
+    out: dict[str, Any] = {}
+    stores: dict[str, Callable[[], Storage]] = {"memory": MemoryStorage}
+    if redis_port is not None:
+        stores["redis"] = lambda: RedisStorage(f"redis://127.0.0.1:{redis_port}/15")
+    auth_fail = parse("30/minute")
+    for store_name, make in stores.items():
+        for label, limit, prefill in (
+            ("short_window", "600/minute", 300),
+            ("long_window", "100000000/minute", 20000),
+        ):
+            storage = make()
+            storage.reset()
+            limiter = MovingWindowRateLimiter(storage)
+            item = parse(limit)
+            for _ in range(prefill):
+                limiter.hit(item, "bench", store_name, label)
+
+            def request(
+                limiter: Any = limiter, item: Any = item, ids: tuple[str, ...] = ("bench", label)
+            ) -> None:
+                limiter.test(auth_fail, "auth-fail", "127.0.0.1")
+                limiter.hit(item, *ids)
+                limiter.get_window_stats(item, *ids)
+
+            out[f"{store_name}_{label}_us"] = per_call_us(request, repeats, budget_s=0.1)
+            storage.reset()
+    return out
+
+
+def _validation(repeats: int) -> dict[str, float]:
+    from app.schemas import HouseV1
+
+    return {
+        "house_model_validate_json_us": per_call_us(
+            lambda: HouseV1.model_validate_json(SINGLE), repeats
+        ),
+        "json_loads_then_model_validate_us": per_call_us(
+            lambda: HouseV1.model_validate(json.loads(SINGLE)), repeats
+        ),
+    }
+
+
+def measure(model_dir: Path, redis_port: int | None, repeats: int = 5) -> dict[str, Any]:
+    parts: dict[str, Callable[[], Any]] = {
+        "threadpool": lambda: _threadpool_hop(repeats),
+        "jwt": lambda: _jwt(repeats),
+        "model": lambda: _model(model_dir, repeats),
+        "limiter": lambda: _limiter(repeats, redis_port),
+        "validation": lambda: _validation(repeats),
+    }
+    out: dict[str, Any] = {}
+    for name, action in parts.items():
+        try:
+            out[name] = action()
+        except Exception as exc:  # report and go on: one part must not sink the run
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=Path("models"))
+    parser.add_argument("--redis-port", type=int)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.model_dir, args.redis_port, args.repeats), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
