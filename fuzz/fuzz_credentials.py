@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import sys
 from pathlib import Path
 
@@ -46,8 +47,10 @@ with atheris.instrument_imports(include=["auth", "jose", "app.routes.oauth"]):
 
 ISSUER = AUDIENCE = "housing-api"
 WORK = Path(__file__).resolve().parents[1] / "var" / "fuzz" / "credentials"
+# Fresh keys for every run: tokens the corpus kept from earlier runs are well-formed
+# but must fail their signature, like any other forgery.
 KEYS: list[SigningKeys] = [
-    signing_keys_from_secret(b"fuzzing-only-hs256-secret-" + b"f" * 32),
+    signing_keys_from_secret(secrets.token_urlsafe(48).encode()),
     signing_keys_from_pem("ES256", generate_private_key_pem("ES256")),
 ]
 GENUINE = {

@@ -100,8 +100,11 @@ async def _read_form(request: Request) -> dict[str, str]:
         form: FormData = await request.form(
             max_fields=MAX_FIELDS, max_part_size=MAX_ENCODED_FIELD_BYTES
         )
-    except HTTPException:  # the body guard's 413 or 408, answered as it declares
-        raise
+    except HTTPException as exc:
+        if exc.status_code in (408, 413):  # the body guard's, answered as it declares
+            raise
+        # Starlette's own 400s (e.g. too many fields) are OAuth errors here.
+        raise OAuthError("invalid_request", "The form could not be parsed.") from None
     except Exception:  # malformed encodings of every kind: one clear answer
         raise OAuthError("invalid_request", "The form could not be parsed.") from None
     fields: dict[str, str] = {}
