@@ -40,6 +40,10 @@ logger = logging.getLogger("app.limits")
 SLOWAPI_CONFIG = Path(__file__).with_name("slowapi.env")
 OAUTH_PATHS = ("/token", "/revoke")
 BATCH_ROWS_PER_UNIT = 100
+# Storage keys are (KEY_PREFIX, caller key, scope), as SlowAPI lays them out; every
+# prediction route shares PREDICT_SCOPE, so /v1/usage can read the same window.
+KEY_PREFIX = "housing-api"
+PREDICT_SCOPE = "predict"
 
 
 def client_ip(request: Request) -> str:
@@ -134,7 +138,7 @@ class FailureThrottle:
 
     def refusal(self, name: str) -> dict[str, str] | None:
         """429 headers if ``name`` is throttled, else None."""
-        ids = ("housing-api", self.scope, name)
+        ids = (KEY_PREFIX, self.scope, name)
         try:
             if self.limiter.limiter.test(self.item, *ids):
                 return None
@@ -146,7 +150,7 @@ class FailureThrottle:
 
     def failed(self, name: str) -> None:
         try:
-            self.limiter.limiter.hit(self.item, "housing-api", self.scope, name)
+            self.limiter.limiter.hit(self.item, KEY_PREFIX, self.scope, name)
         except Exception:
             logger.warning("rate-limit storage unreachable; %s failure not counted", self.scope)
 
@@ -168,7 +172,7 @@ def build_limiter(settings: Settings) -> QuotaLimiter:
         headers_enabled=True,
         in_memory_fallback_enabled=True,
         swallow_errors=True,
-        key_prefix="housing-api",
+        key_prefix=KEY_PREFIX,
         config_filename=str(SLOWAPI_CONFIG),
     )
 

@@ -15,7 +15,14 @@ from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 
 from app.deps import ModelsDep, SettingsDep, require_json
-from app.limits import QuotaLimiter, batch_cost, caller_key, cost_of_batch, predict_limit
+from app.limits import (
+    PREDICT_SCOPE,
+    QuotaLimiter,
+    batch_cost,
+    caller_key,
+    cost_of_batch,
+    predict_limit,
+)
 from app.openapi import problems
 from app.operations.runtime import record_predictions
 from app.schemas import BatchPrediction, BatchV1, BatchV2, HouseV1, HouseV2, Prediction
@@ -93,7 +100,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     )
     # One budget per caller across every prediction route, v1 and v2 alike.
     quota = limiter.shared_limit(
-        predict_limit(settings), scope="predict", key_func=caller_key, cost=batch_cost
+        predict_limit(settings), scope=PREDICT_SCOPE, key_func=caller_key, cost=batch_cost
     )
     batch_note = f" At most {settings.max_batch_size} instances; costs 1 + n // 100 of the quota."
 

@@ -14,7 +14,7 @@ from limits import parse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, func, select
 
-from app.limits import QuotaLimiter, caller_key, predict_limit
+from app.limits import KEY_PREFIX, PREDICT_SCOPE, QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
 from app.operations.predictionlog import PredictionLogRow
 from app.security import Authenticated
@@ -88,7 +88,7 @@ def _quota(request: Request, limiter: QuotaLimiter, settings: Settings) -> Quota
     key = caller_key(request)
     item = parse(predict_limit(settings)(key))
     try:
-        stats = limiter.limiter.get_window_stats(item, "housing-api", key, "predict")
+        stats = limiter.limiter.get_window_stats(item, KEY_PREFIX, key, PREDICT_SCOPE)
     except Exception:  # storage down: say nothing rather than guess
         return None
     return Quota(
