@@ -8,17 +8,20 @@ reverse. When both are valid the bearer token's principal is used.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
 from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError, TooManyRequests
 from app.limits import FailureThrottle, client_ip
 from auth import scopes as S
 from auth.principal import Principal
-from auth.verifier import CredentialRejected, CredentialVerifier
+from auth.verifier import CredentialRejected, CredentialVerifier, StoreNeeded
 
 REALM = "housing-api"
 
@@ -66,7 +69,7 @@ class InsufficientScope(ApiError):
         )
 
 
-def get_verifier(request: Request) -> CredentialVerifier:
+async def get_verifier(request: Request) -> CredentialVerifier:
     verifier: CredentialVerifier = request.app.state.verifier
     return verifier
 
@@ -77,6 +80,14 @@ def _repeated_credential(request: Request) -> bool:
     return len(headers.getlist("authorization")) > 1 or len(headers.getlist("x-api-key")) > 1
 
 
+async def _verified(verify: Callable[..., Principal], credential: str, **options: Any) -> Principal:
+    """``verify`` from its caches on the event loop, or in a thread if it must read the store."""
+    try:
+        return verify(credential, cached_only=True, **options)
+    except StoreNeeded:
+        return await run_in_threadpool(partial(verify, credential, **options))
+
+
 def _bearer_token(authorization: str) -> str:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -84,7 +95,7 @@ def _bearer_token(authorization: str) -> str:
     return token.strip()
 
 
-def authenticate(
+async def authenticate(
     security_scopes: SecurityScopes,
     request: Request,
     verifier: Annotated[CredentialVerifier, Depends(get_verifier)],
@@ -93,15 +104,16 @@ def authenticate(
 ) -> Principal:
     """Resolve the caller and check the operation's scopes (any one of them suffices).
 
-    A plain ``def``: FastAPI runs it in the threadpool, where the occasional
-    cache refresh may read the database without blocking the event loop.
+    Runs on the event loop: verification is CPU work against per-worker caches, and
+    only the occasional cache refresh (a database read) or a Redis-backed throttle
+    moves to a worker thread. Each thread hand-off costs more than the check itself.
     """
     ip = client_ip(request)
     throttle: FailureThrottle = request.app.state.auth_throttle
     if api_key is not None or authorization is not None:
         # Failed authentications count against the address, never against the key
         # or client they named, so nobody can lock a partner out by guessing.
-        refusal = throttle.refusal(ip)
+        refusal = await throttle.refusal_async(ip)
         if refusal is not None:
             request.state.auth_failure = "throttled"
             raise TooManyRequests(
@@ -113,12 +125,12 @@ def authenticate(
         if _repeated_credential(request):
             raise CredentialRejected("repeated_header")
         if api_key is not None:
-            principal = verifier.verify_api_key(api_key, ip=ip)
+            principal = await _verified(verifier.verify_api_key, api_key, ip=ip)
         if authorization is not None:
-            principal = verifier.verify_bearer(_bearer_token(authorization))
+            principal = await _verified(verifier.verify_bearer, _bearer_token(authorization))
     except CredentialRejected as exc:
         request.state.auth_failure = exc.reason
-        throttle.failed(ip)
+        await throttle.failed_async(ip)
         kind = "API key" if principal is None and api_key is not None else "access token"
         raise Unauthenticated(
             f"The {kind} is invalid, expired or revoked.", token_sent=True

@@ -30,6 +30,14 @@ _REVOCATION_OVERLAP = timedelta(seconds=10)
 _MAX_CACHED_KEYS = 10_000
 
 
+class StoreNeeded(Exception):
+    """Raised instead of reading the store when the caller asked for cached answers only.
+
+    Lets an async caller verify on the event loop in the common case and move to a
+    thread only for the occasional database read.
+    """
+
+
 class CredentialRejected(Exception):
     """The credential does not authenticate; ``reason`` is for logs and metrics only."""
 
@@ -58,16 +66,16 @@ class CredentialVerifier:
         default_factory=dict, init=False
     )
 
-    def verify_bearer(self, token: str) -> Principal:
+    def verify_bearer(self, token: str, *, cached_only: bool = False) -> Principal:
         try:
             claims = decode_access_token(
                 self.keys, token, issuer=self.issuer, audience=self.audience
             )
         except InvalidTokenError as exc:
             raise CredentialRejected(exc.reason) from None
-        if self._is_revoked(claims.jti):
+        if self._is_revoked(claims.jti, cached_only):
             raise CredentialRejected("revoked")
-        if not self._subject_active(claims.kind, claims.subject):
+        if not self._subject_active(claims.kind, claims.subject, cached_only):
             raise CredentialRejected("subject_disabled")
         return Principal(
             kind=claims.kind,
@@ -77,13 +85,17 @@ class CredentialVerifier:
             token_id=claims.jti,
         )
 
-    def verify_api_key(self, api_key: str, *, ip: str | None = None) -> Principal:
+    def verify_api_key(
+        self, api_key: str, *, ip: str | None = None, cached_only: bool = False
+    ) -> Principal:
         # Cache by a digest, so the map never holds usable secrets.
         digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()
         now = self.clock()
         cached = self._api_keys.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
+        if cached_only:
+            raise StoreNeeded
         record = self.store.authenticate_api_key(api_key, ip=ip)
         if record is None:
             self._api_keys.pop(digest, None)
@@ -104,9 +116,11 @@ class CredentialVerifier:
         with self._lock:
             self._revoked[jti] = expires_at
 
-    def _is_revoked(self, jti: str) -> bool:
+    def _is_revoked(self, jti: str, cached_only: bool) -> bool:
         now = self.clock()
         if self._revoked_read_at is None or now - self._revoked_read_at >= self.refresh_seconds:
+            if cached_only:
+                raise StoreNeeded
             self._refresh_revocations(now)
         return jti in self._revoked
 
@@ -128,11 +142,13 @@ class CredentialVerifier:
             self._revoked_since = wall
             self._revoked_read_at = now
 
-    def _subject_active(self, kind: PrincipalKind, subject: str) -> bool:
+    def _subject_active(self, kind: PrincipalKind, subject: str, cached_only: bool) -> bool:
         now = self.clock()
         cached = self._subjects.get((kind, subject))
         if cached is not None and now - cached[1] < self.refresh_seconds:
             return cached[0]
+        if cached_only:
+            raise StoreNeeded
         active = self.store.is_subject_active(kind, subject)
         if len(self._subjects) >= _MAX_CACHED_KEYS:
             self._subjects.clear()

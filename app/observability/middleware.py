@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 import uuid
@@ -17,6 +18,17 @@ from app.observability.metrics import Metrics
 logger = logging.getLogger("app.requests")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def _new_request_id() -> str:
+    """A random version-4 UUID, as ``uuid.uuid4()`` but without its system call.
+
+    Request ids correlate log lines; they authorise nothing, so they need to be unique,
+    not unpredictable. ``os.urandom`` on the event loop releases the GIL, and a worker
+    thread that grabs it meanwhile stalls the loop for up to the switch interval.
+    The ``random`` module is reseeded in every forked worker.
+    """
+    return uuid.UUID(int=random.getrandbits(128), version=4).hex  # nosec B311
 
 
 def _route(scope: Scope) -> str:
@@ -40,7 +52,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         offered = Headers(scope=scope).get("x-request-id", "")
-        request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else _new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500

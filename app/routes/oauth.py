@@ -155,9 +155,9 @@ def _client_credentials(request: Request, form: dict[str, str]) -> ClientCredent
     return None
 
 
-def _throttled(throttle: FailureThrottle, name: str) -> None:
+async def _throttled(throttle: FailureThrottle, name: str) -> None:
     """429 once ``name`` has failed too often, whatever this attempt's credentials."""
-    headers = throttle.refusal(name)
+    headers = await throttle.refusal_async(name)
     if headers is not None:
         raise OAuthError(
             "slow_down", "Too many failed attempts; retry later.", status=429, headers=headers
@@ -170,12 +170,12 @@ async def _authenticate_client(
     store: CredentialStore = request.app.state.store
     throttle: FailureThrottle = request.app.state.token_throttle
     name = f"client:{credentials.client_id[:200]}"
-    _throttled(throttle, name)
+    await _throttled(throttle, name)
     client = await run_in_threadpool(
         lambda: store.authenticate_client(credentials.client_id, credentials.secret, ip=ip)
     )
     if client is None:
-        throttle.failed(name)
+        await throttle.failed_async(name)
         raise _invalid_client(credentials.used_basic)
     return client
 
@@ -294,7 +294,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
             raise OAuthError("invalid_request", "username and password are required.")
         throttle: FailureThrottle = request.app.state.token_throttle
         name = f"user:{username[:200]}"
-        _throttled(throttle, name)
+        await _throttled(throttle, name)
         try:
             user = await run_in_threadpool(
                 lambda: store.authenticate_user(username, password, ip=ip)
@@ -307,7 +307,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
                 headers={"Retry-After": "1"},
             ) from None
         if user is None:
-            throttle.failed(name)
+            await throttle.failed_async(name)
             raise OAuthError("invalid_grant", "The username or password is incorrect.")
         scopes = _granted_scopes(form.get("scope"), user.scopes)
         subject, kind, plan = user.username, "user", user.plan

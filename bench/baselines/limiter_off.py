@@ -20,6 +20,12 @@ class NoThrottle:
     def failed(self, name: str) -> None:
         return None
 
+    async def refusal_async(self, name: str) -> dict[str, str] | None:
+        return None
+
+    async def failed_async(self, name: str) -> None:
+        return None
+
 
 def build() -> FastAPI:
     app = build_ours()
