@@ -82,17 +82,25 @@ def _jwt(repeats: int) -> dict[str, float]:
 
 
 def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
-    """LoadedModel.predict for one row, and each part of an averaging model on its own."""
+    """LoadedModel.predict (a plan when the artifacts have one) for 1 and 1000 rows, the
+    estimator's own predict, and each part of an averaging model on its own."""
     from ml.artifacts import load_verified
     from ml.fastpath import compile_predictor, probe_rows
 
     model = load_verified(model_dir, "v1")
     X = np.array([[5850.0, 3, 1, 2, 1]], dtype=np.float64)
+    probe = probe_rows("v1")
+    X1000 = probe[np.arange(1000) % len(probe)]
     out: dict[str, Any] = {
         "estimator": model.manifest.get("estimator", {}).get("name"),
         "predict_path": model.predict_path,
+        "plan": "plan" in model.manifest,
         "loaded_model_predict_1_row_us": per_call_us(lambda: model.predict(X), repeats),
+        "loaded_model_predict_1000_rows_us": per_call_us(lambda: model.predict(X1000), repeats),
         "estimator_predict_1_row_us": per_call_us(lambda: model.estimator.predict(X), repeats),
+        "estimator_predict_1000_rows_us": per_call_us(
+            lambda: model.estimator.predict(X1000), repeats
+        ),
         "parts": {},
     }
     for name, part in getattr(model.estimator, "named_estimators_", {}).items():
@@ -103,6 +111,8 @@ def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
             "inner": type(getattr(part, "regressor_", part)).__name__,
             "compiled": compiled is not None,
             "predict_1_row_us": per_call_us(lambda action=action: action(X), repeats),
+            "predict_1000_rows_us": per_call_us(lambda action=action: action(X1000), repeats),
+            "identical_on_probe_rows": bool(np.array_equal(action(probe), part.predict(probe))),
         }
         direct = _direct_boosting(part)
         if direct is not None:
@@ -113,18 +123,14 @@ def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
             out["parts"][name]["direct_predict_stages_identical"] = same
         vectorized = _vectorized_boosting(part)
         if vectorized is not None:
-            probe = probe_rows("v1")
             reference, mine = part.predict(probe), vectorized(probe)
-            X1000 = probe[np.arange(1000) % len(probe)]
             out["parts"][name]["vectorized_trees"] = {
                 "identical_on_probe_rows": bool(np.array_equal(reference, mine)),
                 "max_relative_difference": float(np.max(np.abs(mine / reference - 1))),
                 "predict_1_row_us": per_call_us(lambda v=vectorized: v(X), repeats),
-                "predict_1000_rows_us": per_call_us(
-                    lambda v=vectorized, X1000=X1000: v(X1000), repeats
-                ),
+                "predict_1000_rows_us": per_call_us(lambda v=vectorized: v(X1000), repeats),
                 "sklearn_predict_1000_rows_us": per_call_us(
-                    lambda part=part, X1000=X1000: part.predict(X1000), repeats
+                    lambda part=part: part.predict(X1000), repeats
                 ),
             }
     return out

@@ -1,72 +1,81 @@
-"""A per-request predictor that skips scikit-learn's per-call overhead, not its answers.
+"""Turn a fitted scikit-learn model into a prediction plan (``ml.plan``).
 
 scikit-learn re-validates its input at every layer of a fitted model on every call
-(``TransformedTargetRegressor`` -> ``Pipeline`` -> ``ColumnTransformer`` -> the
-linear model). For one row that costs around a millisecond while the arithmetic
-is a handful of floating-point operations. :func:`compile_predictor` walks the
-fitted model and, for the parts it recognises exactly (log/exp target transform,
-pipelines of ``np.log`` column transforms and standard scaling, linear models,
-equal-weight averages), replays the same NumPy operations in the same order, so
-the result equals ``model.predict`` to 1e-12 relative and, unlike scikit-learn's
-BLAS product, a row's answer does not depend on the size of its batch. Any part it does not
-recognise (boosted trees, splines) keeps its own ``predict``, validation included.
+(``VotingRegressor`` -> ``TransformedTargetRegressor`` -> ``Pipeline`` ->
+``ColumnTransformer`` -> the linear model or the boosted trees). For one row that
+costs far more than the arithmetic. :func:`plan_for` walks the fitted model and,
+when it recognises every part exactly (log/exp target transform, pipelines of
+``np.log`` column transforms and standard scaling, linear models, equal-weight
+averages, squared-error gradient boosting), writes down the same operations as a
+plan; ``ml.plan`` replays them with NumPy in the same order. Anything else gets no
+plan, and the model keeps its own ``predict``.
 
-The caller still checks the input (float64, shape, finite, in range) once, and
-``ml.artifacts.load_verified`` compares the compiled predictor with the model's
-own ``predict`` on probe rows before using it, falling back to ``predict`` if the
-two ever differ (for instance after a scikit-learn upgrade changes an internal).
+This module imports scikit-learn: training uses it, and so does loading an artifact
+that has no plan. Serving a plan does not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
-from sklearn.ensemble import VotingRegressor
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import GradientBoostingRegressor, VotingRegressor
 from sklearn.linear_model import HuberRegressor, LinearRegression, Ridge, RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.tree import DecisionTreeRegressor
 
-from ml.features import FEATURES, ModelVersion, allowed_range
+from ml.plan import (
+    MAX_TREE_DEPTH,
+    PLAN_FORMAT,
+    Predictor,
+    load_plan,
+    plan_to_json,
+    probe_rows,
+)
 
-FloatArray = npt.NDArray[np.float64]
-Predictor = Callable[[FloatArray], FloatArray]
-Transform = Callable[[FloatArray], FloatArray]
+__all__ = ["compile_predictor", "plan_for", "probe_rows"]
+
+Node = dict[str, Any]
 
 # Exact types on purpose: a subclass may override predict or transform.
 _LINEAR = (LinearRegression, Ridge, RidgeCV, HuberRegressor)
 
 
+def plan_for(estimator: Any) -> Node | None:
+    """A plan replaying ``estimator.predict``, or None if some part is not recognised."""
+    width = getattr(estimator, "n_features_in_", None)
+    node = _predictor(estimator)
+    if node is None or not isinstance(width, int | np.integer):
+        return None
+    return {"format": PLAN_FORMAT, "n_features": int(width), "predict": node}
+
+
 def compile_predictor(estimator: Any) -> Predictor | None:
-    """A fast equivalent of ``estimator.predict``, or None if we cannot replay it."""
+    """A fast equivalent of ``estimator.predict`` (its plan, loaded), or None."""
+    plan = plan_for(estimator)
+    return None if plan is None else load_plan(plan_to_json(plan))
+
+
+def _predictor(estimator: Any) -> Node | None:
     kind = type(estimator)
     if kind is TransformedTargetRegressor:
-        return _compile_log_target(estimator)
+        return _log_target(estimator)
     if kind is Pipeline:
-        return _compile_pipeline(estimator)
+        return _pipeline(estimator)
     if kind in _LINEAR:
-        return _compile_linear(estimator)
+        return _linear(estimator)
     if kind is VotingRegressor and estimator.weights is None:
-        parts = [_compiled_or_own(e) for e in estimator.estimators_]
-
-        def average(X: FloatArray) -> FloatArray:
-            # VotingRegressor.predict: np.average(np.asarray([...]).T, axis=1)
-            return np.average(np.asarray([p(X) for p in parts]).T, axis=1)
-
-        return average
+        parts = [_predictor(e) for e in estimator.estimators_]
+        return None if None in parts else {"op": "average", "parts": parts}
+    if kind is GradientBoostingRegressor:
+        return _gbm(estimator)
     return None
 
 
-def _compiled_or_own(estimator: Any) -> Predictor:
-    compiled = compile_predictor(estimator)
-    own: Predictor = estimator.predict
-    return compiled if compiled is not None else own
-
-
-def _compile_log_target(ttr: Any) -> Predictor | None:
+def _log_target(ttr: Any) -> Node | None:
     if not (
         ttr.transformer is None
         and ttr.func is np.log
@@ -74,58 +83,37 @@ def _compile_log_target(ttr: Any) -> Predictor | None:
         and getattr(ttr, "_training_dim", None) == 1
     ):
         return None
-    inner = _compiled_or_own(ttr.regressor_)
-
-    def predict(X: FloatArray) -> FloatArray:
-        # TransformedTargetRegressor applies exp to a (n, 1) column and squeezes it.
-        return np.exp(inner(X).reshape(-1, 1)).squeeze(axis=1)
-
-    return predict
+    inner = _predictor(ttr.regressor_)
+    return None if inner is None else {"op": "log_target", "inner": inner}
 
 
-def _compile_linear(model: Any) -> Predictor | None:
-    coef = model.coef_
-    if coef.ndim != 1:
+def _linear(model: Any) -> Node | None:
+    coef = np.asarray(model.coef_, dtype=np.float64)
+    intercept = np.asarray(model.intercept_, dtype=np.float64)
+    if coef.ndim != 1 or intercept.ndim != 0:
         return None
-    intercept = model.intercept_
-
-    def predict(X: FloatArray) -> FloatArray:
-        # Not ``X @ coef`` as scikit-learn does: BLAS sums a one-row product in a
-        # different order than a many-row one, so a batch would differ from the
-        # same rows sent one by one in the last bits. A row-wise reduction is the
-        # same arithmetic whatever the batch size (within 1e-12 of sklearn).
-        # C order matters too: numpy reduces an F-ordered matrix column by column.
-        return (np.ascontiguousarray(X) * coef).sum(axis=1) + intercept  # type: ignore[no-any-return]
-
-    return predict
+    return {"op": "linear", "coef": coef.tolist(), "intercept": float(intercept)}
 
 
-def _compile_pipeline(pipeline: Any) -> Predictor | None:
+def _pipeline(pipeline: Any) -> Node | None:
     steps = [step for _, step in pipeline.steps if step is not None and step != "passthrough"]
     if not steps:
         return None
-    transforms = [_compile_transform(step) for step in steps[:-1]]
-    if any(t is None for t in transforms):
+    transforms = [_transform(step) for step in steps[:-1]]
+    final = _predictor(steps[-1])
+    if final is None or None in transforms:
         return None
-    final = _compiled_or_own(steps[-1])
-    chain = [t for t in transforms if t is not None]
-
-    def predict(X: FloatArray) -> FloatArray:
-        for transform in chain:
-            X = transform(X)
-        return final(X)
-
-    return predict
+    return {"op": "pipeline", "transforms": transforms, "final": final}
 
 
-def _compile_transform(step: Any) -> Transform | None:
+def _transform(step: Any) -> Node | None:
     kind = type(step)
     if kind is FunctionTransformer:
-        return _compile_function(step)
+        return _function(step)
     if kind is StandardScaler:
-        return _compile_scaler(step)
+        return _scaler(step)
     if kind is ColumnTransformer:
-        return _compile_columns(step)
+        return _columns(step)
     return None
 
 
@@ -135,65 +123,78 @@ def _default_output(step: Any) -> bool:
     return all(value == "default" for value in config.values())
 
 
-def _compile_function(ft: Any) -> Transform | None:
+def _function(ft: Any) -> Node | None:
     if ft.kw_args or not _default_output(ft):
         return None
     if ft.func is None:
-        return lambda X: X
+        return {"op": "identity"}
     if ft.func is np.log:
-        return np.log  # type: ignore[no-any-return]  # a ufunc is a fine Transform
+        return {"op": "log"}
     return None
 
 
-def _compile_scaler(scaler: Any) -> Transform | None:
+def _scaler(scaler: Any) -> Node | None:
     if not (scaler.with_mean and scaler.with_std) or scaler.scale_ is None:
         return None
-    mean, scale = scaler.mean_, scaler.scale_
-
-    def transform(X: FloatArray) -> FloatArray:
-        # StandardScaler.transform on a copy: X -= mean_; X /= scale_
-        Z: FloatArray = X - mean
-        Z /= scale
-        return Z
-
-    return transform
+    return {
+        "op": "scale",
+        "mean": np.asarray(scaler.mean_, dtype=np.float64).tolist(),
+        "scale": np.asarray(scaler.scale_, dtype=np.float64).tolist(),
+    }
 
 
-def _compile_columns(ct: Any) -> Transform | None:
+def _columns(ct: Any) -> Node | None:
     if ct.sparse_output_ or not _default_output(ct):
         return None
-    parts: list[tuple[list[int], Transform]] = []
-    for _, trans, columns in ct.transformers_:
-        if trans == "drop" or (isinstance(columns, list) and not columns):
+    parts: list[Node] = []
+    for _, trans, cols in ct.transformers_:
+        if trans == "drop" or (isinstance(cols, list) and not cols):
             continue
-        if not (isinstance(columns, list) and all(type(c) is int for c in columns)):
+        if not (isinstance(cols, list) and all(type(c) is int for c in cols)):
             return None
-        func = (lambda X: X) if trans == "passthrough" else _compile_transform(trans)
+        func = {"op": "identity"} if trans == "passthrough" else _transform(trans)
         if func is None:
             return None
-        parts.append((columns, func))
-    if not parts:
+        parts.append({"columns": list(cols), "transform": func})
+    return {"op": "columns", "parts": parts} if parts else None
+
+
+def _gbm(gbm: Any) -> Node | None:
+    """Squared error with the default mean init: ``predict`` is init + rate * trees."""
+    init = gbm.init_
+    if not (
+        gbm.loss == "squared_error"
+        and type(init) is DummyRegressor
+        and init.strategy == "mean"
+        and np.shape(init.constant_) == (1, 1)
+        and gbm.estimators_.ndim == 2
+        and gbm.estimators_.shape[1] == 1
+    ):
         return None
-
-    def transform(X: FloatArray) -> FloatArray:
-        # ColumnTransformer: X[:, columns] per part (sklearn's _safe_indexing), then hstack.
-        return np.hstack([func(X[:, columns]) for columns, func in parts])
-
-    return transform
-
-
-def probe_rows(version: ModelVersion, n: int = 256, seed: int = 0) -> FloatArray:
-    """Random rows inside the allowed input ranges, plus the all-low and all-high corners.
-
-    Used to confirm a compiled predictor answers exactly as the model does.
-    """
-    rng = np.random.default_rng(seed)
-    columns = []
-    for feature in FEATURES[version]:
-        low, high = allowed_range(feature)
-        if feature.kind == "float":
-            values = rng.uniform(low, high, n)
-        else:
-            values = rng.integers(low, high, n, endpoint=True).astype(np.float64)
-        columns.append(np.concatenate([[low, high], values]))
-    return np.column_stack(columns).astype(np.float64)
+    trees = []
+    for estimator in gbm.estimators_[:, 0]:
+        tree = estimator.tree_
+        if (
+            type(estimator) is not DecisionTreeRegressor
+            or tree.n_outputs != 1
+            or tree.max_depth > MAX_TREE_DEPTH
+        ):
+            return None
+        n = tree.node_count
+        leaf = tree.children_left[:n] == -1
+        trees.append(
+            {
+                # scikit-learn marks a leaf's feature -2; a plan says -1.
+                "feature": np.where(leaf, -1, tree.feature[:n]).tolist(),
+                "threshold": tree.threshold[:n].astype(np.float64).tolist(),
+                "left": tree.children_left[:n].tolist(),
+                "right": tree.children_right[:n].tolist(),
+                "value": tree.value[:n, 0, 0].astype(np.float64).tolist(),
+            }
+        )
+    return {
+        "op": "gbm",
+        "init": float(init.constant_[0, 0]),
+        "learning_rate": float(gbm.learning_rate),
+        "trees": trees,
+    }

@@ -223,7 +223,7 @@ def train_version(
     candidate = next(c for c in CANDIDATES if c.name == chosen.name)
     estimator = candidate.build(seed, _lot_column(dataset)).fit(dataset.X, dataset.y)
     manifest = build_manifest(dataset, estimator, scores, chosen, seed=seed, folds=folds)
-    return save_artifacts(model_dir, version, estimator, manifest)
+    return save_artifacts(model_dir, version, estimator, manifest, training_rows=dataset.X)
 
 
 def train_all(

@@ -15,6 +15,7 @@ import pytest
 from ml.artifacts import (
     MANIFEST_FILE,
     MODEL_FILE,
+    PLAN_FILE,
     ArtifactError,
     library_versions,
     load_all,
@@ -168,11 +169,21 @@ def test_a_pinned_hash_must_match_too(trained_model_dir: Path) -> None:
 
 
 def test_a_model_for_the_wrong_version_is_refused(model_copy: Path) -> None:
-    """v1's file under v2 with a matching manifest hash: right bytes, wrong feature count."""
+    """v1's file under v2 with a matching manifest hash: right bytes, wrong model.
+
+    v2's plan records the pickle it was compiled from, so the swap is refused before
+    anything is unpickled; without a plan, unpickling finds the wrong feature count.
+    """
     v1_bytes = (model_copy / "v1" / MODEL_FILE).read_bytes()
     (model_copy / "v2" / MODEL_FILE).write_bytes(v1_bytes)
     v1_sha = json.loads((model_copy / "v1" / MANIFEST_FILE).read_text())["sha256"]
     _edit_manifest(model_copy, "v2", {"sha256": v1_sha})
+    with _refused(model_copy / "v2" / PLAN_FILE, "compiled from model.joblib"):
+        load_verified(model_copy, "v2")
+    path = model_copy / "v2" / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    del manifest["plan"]
+    path.write_text(json.dumps(manifest))
     with _refused(model_copy / "v2" / MODEL_FILE, "11 features"):
         load_verified(model_copy, "v2")
 

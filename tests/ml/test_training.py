@@ -18,7 +18,7 @@ import pytest
 from sklearn.ensemble import VotingRegressor
 from sklearn.model_selection import KFold
 
-from ml.artifacts import MANIFEST_FILE, MODEL_FILE, load_verified
+from ml.artifacts import MANIFEST_FILE, MODEL_FILE, PLAN_FILE, load_verified
 from ml.candidates import BASELINE, CANDIDATES
 from ml.dataset import DatasetError, load_dataset
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion, allowed_range
@@ -151,8 +151,8 @@ def test_files_are_world_readable_and_no_temp_files_remain(
     trained_model_dir: Path, version: ModelVersion
 ) -> None:
     directory = trained_model_dir / version
-    assert sorted(p.name for p in directory.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
-    for name in (MANIFEST_FILE, MODEL_FILE):
+    assert sorted(p.name for p in directory.iterdir()) == [MANIFEST_FILE, MODEL_FILE, PLAN_FILE]
+    for name in (MANIFEST_FILE, MODEL_FILE, PLAN_FILE):
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o644
 
 
@@ -176,9 +176,10 @@ def test_retraining_in_another_process_is_byte_identical(
     for version in MODEL_VERSIONS:
         first, second = _manifest(trained_model_dir, version), _manifest(tmp_path, version)
         assert second["sha256"] == first["sha256"]
-        assert (tmp_path / version / MODEL_FILE).read_bytes() == (
-            trained_model_dir / version / MODEL_FILE
-        ).read_bytes()
+        for name in (MODEL_FILE, PLAN_FILE):
+            assert (tmp_path / version / name).read_bytes() == (
+                trained_model_dir / version / name
+            ).read_bytes()
         del first["trained_at"], second["trained_at"]
         assert second == first
         rows = load_dataset(data_path, version).X
