@@ -38,7 +38,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for cross-validation folds and estimators.")] = 0,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 10,
 ) -> None:
-    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib + manifest.json)."""
+    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib, plan.json, manifest.json)."""
     from ml.training import train_all
 
     settings = Settings()
