@@ -31,6 +31,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from sqlalchemy import Engine
 
@@ -40,14 +41,18 @@ from app.operations.drift import refresh_gauges
 from app.operations.predictionlog import (
     PredictionBatch,
     PredictionLogWriter,
-    feature_columns,
     make_log_engine,
+    matrix_columns,
 )
 from app.operations.reload import ModelReloader, ReloadFailed
 from app.settings import Settings
 from ml.artifacts import LoadedModel
+from ml.features import FEATURES
 
 logger = logging.getLogger("app.operations")
+
+# int, float or bool: how the prediction log writes each feature's values.
+_KINDS: dict[str, str] = {f.name: f.kind for features in FEATURES.values() for f in features}
 
 
 def shadow_models(models: Mapping[str, LoadedModel], model: LoadedModel) -> tuple[LoadedModel, ...]:
@@ -61,10 +66,15 @@ def shadow_models(models: Mapping[str, LoadedModel], model: LoadedModel) -> tupl
 
 
 def record_predictions(
-    request: Request, model: LoadedModel, houses: Sequence[Any], prices: Sequence[float]
+    request: Request, model: LoadedModel, X: np.ndarray, prices: Sequence[float]
 ) -> None:
     """Hand a request's predictions to the prediction log (no I/O; never raises on a
-    full queue: those rows are dropped and counted)."""
+    full queue: those rows are dropped and counted).
+
+    ``X`` is the matrix ``model`` was given (rows in request order, columns
+    ``model.feature_names``): its columns are what is logged, with nothing converted
+    when the log is off.
+    """
     state = request.app.state
     writer: PredictionLogWriter | None = getattr(state, "prediction_log", None)
     if writer is None:
@@ -77,7 +87,7 @@ def record_predictions(
             request_id=request_id_var.get(),
             principal=principal.id if principal is not None else None,
             model=model,
-            features=feature_columns(houses, model.feature_names),
+            features=matrix_columns(X, model.feature_names, _KINDS),
             prices=list(prices),
             shadows=shadows,
         )

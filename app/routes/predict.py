@@ -8,11 +8,17 @@ limiter's Redis round trip blocks the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from itertools import chain
+from operator import attrgetter
+from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from app.deps import ModelsDep, SettingsDep, require_json
 from app.limits import (
@@ -32,16 +38,58 @@ from auth.scopes import PREDICT
 from ml.artifacts import LoadedModel
 
 
+class _OrjsonRequest(Request):
+    """A request whose JSON body is parsed by orjson: a third of ``json.loads``' time,
+    over a millisecond for a 1000-row v2 batch.
+
+    Only the parser changes: FastAPI still validates the result where it always did,
+    after authentication. For every document orjson accepts it gives what
+    ``json.loads`` gives (the same floats, the last of duplicate keys), except that an
+    integer beyond 64 bits becomes a float, which no field admits either. Whatever
+    orjson refuses (NaN, a byte-order mark, lone surrogates...) is parsed again by
+    ``json.loads``, so the answer is what it always was.
+    """
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self._json = orjson.loads(await self.body())
+        return await super().json()
+
+
+class _OrjsonRoute(APIRoute):
+    """FastAPI's documented hook for a custom ``Request`` class: see _OrjsonRequest."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def orjson_handler(request: Request) -> Response:
+            return await handler(_OrjsonRequest(request.scope, request.receive))
+
+        return orjson_handler
+
+
 def _matrix(houses: Sequence[HouseV1], model: LoadedModel) -> np.ndarray:
-    """Shape validated houses into the float64 matrix the model was trained on."""
+    """Shape validated houses into the float64 matrix the model was trained on.
+
+    ``attrgetter`` and ``fromiter`` run in C: twice as fast as a ``getattr`` and a
+    ``float`` per value, which for 1000 rows of v2 was over a millisecond.
+    """
     names = model.feature_names
-    return np.array(
-        [[float(getattr(house, name)) for name in names] for house in houses], dtype=np.float64
-    )
+    rows, width = len(houses), len(names)
+    values: Iterable[Any]
+    if width == 1:  # attrgetter of one name gives the value, not a 1-tuple
+        values = map(attrgetter(names[0]), houses)
+    else:
+        values = chain.from_iterable(map(attrgetter(*names), houses))
+    return np.fromiter(values, dtype=np.float64, count=rows * width).reshape(rows, width)
 
 
-def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> list[float]:
-    return [float(price) for price in model.predict(_matrix(houses, model))]
+def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> tuple[np.ndarray, list[float]]:
+    """The model's input matrix (the prediction log reuses it) and its prices."""
+    X = _matrix(houses, model)
+    prices: list[float] = model.predict(X).tolist()  # float64: Python floats, in C
+    return X, prices
 
 
 def _note(request: Request, model: LoadedModel, rows: int) -> None:
@@ -51,17 +99,19 @@ def _note(request: Request, model: LoadedModel, rows: int) -> None:
 
 
 def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
-    [price] = _predict(model, [house])
+    X, [price] = _predict(model, [house])
     _note(request, model, 1)
-    record_predictions(request, model, [house], [price])
+    record_predictions(request, model, X, [price])
     return Prediction(predicted_price=price, model_version=model.version, model_sha256=model.sha256)
 
 
 def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
-    prices = _predict(model, houses)
+    X, prices = _predict(model, houses)
     _note(request, model, len(prices))
-    record_predictions(request, model, houses, prices)
-    return BatchPrediction(
+    record_predictions(request, model, X, prices)
+    # Built, not validated: the prices are the float list made above (1000 floats
+    # revalidated for nothing otherwise). FastAPI still serialises it as BatchPrediction.
+    return BatchPrediction.model_construct(
         predictions=prices, model_version=model.version, model_sha256=model.sha256
     )
 
@@ -81,19 +131,30 @@ def _check_batch(request: Request, settings: Settings, size: int) -> None:
     request.state.rate_cost = cost_of_batch(size)
 
 
-# Dependencies run before SlowAPI's check, so the batch's cost is known in time.
-# (FastAPI parses the body once: the same-named, same-typed ``batch`` is shared.)
-def _v1_batch(request: Request, settings: SettingsDep, batch: BatchV1) -> None:
+# The batch endpoints take their body through these dependencies: dependencies run
+# before SlowAPI's check, so the batch's size is refused and its cost known in time.
+# The body is validated here only: FastAPI validates a body parameter at every level
+# that declares one, so the dependency and the endpoint each taking ``batch: BatchV1``
+# validated every batch twice (and reported each invalid field twice). ``async``: no
+# thread is worth taking for a comparison.
+async def _v1_batch(request: Request, settings: SettingsDep, batch: BatchV1) -> BatchV1:
     _check_batch(request, settings, len(batch.instances))
+    return batch
 
 
-def _v2_batch(request: Request, settings: SettingsDep, batch: BatchV2) -> None:
+async def _v2_batch(request: Request, settings: SettingsDep, batch: BatchV2) -> BatchV2:
     _check_batch(request, settings, len(batch.instances))
+    return batch
+
+
+V1Batch = Annotated[BatchV1, Depends(_v1_batch)]
+V2Batch = Annotated[BatchV2, Depends(_v2_batch)]
 
 
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["predict"],
+        route_class=_OrjsonRoute,
         # Who is calling comes first: an anonymous caller learns nothing about the body.
         dependencies=[Security(authenticate, scopes=[PREDICT]), Depends(require_json)],
         responses=problems(401, 403, 408, 413, 415, 422, 429, 503),
@@ -115,11 +176,10 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         "/v1/predict/batch",
         summary="Predict prices for many houses (v1)",
         description="Answers in request order, identical to single calls." + batch_note,
-        dependencies=[Depends(_v1_batch)],
     )
     @quota
     def predict_v1_batch(
-        request: Request, response: Response, batch: BatchV1, models: ModelsDep
+        request: Request, response: Response, batch: V1Batch, models: ModelsDep
     ) -> BatchPrediction:
         return _batch(request, models["v1"], batch.instances)
 
@@ -134,11 +194,10 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         "/v2/predict/batch",
         summary="Predict prices for many houses (v2)",
         description="Answers in request order, identical to single calls." + batch_note,
-        dependencies=[Depends(_v2_batch)],
     )
     @quota
     def predict_v2_batch(
-        request: Request, response: Response, batch: BatchV2, models: ModelsDep
+        request: Request, response: Response, batch: V2Batch, models: ModelsDep
     ) -> BatchPrediction:
         return _batch(request, models["v2"], batch.instances)
 
