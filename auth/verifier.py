@@ -22,7 +22,12 @@ from datetime import UTC, datetime, timedelta
 from auth.jwt_keys import SigningKeys
 from auth.principal import Principal, PrincipalKind
 from auth.store import CredentialStore
-from auth.tokens import InvalidTokenError, decode_access_token
+from auth.tokens import (
+    DEFAULT_LEEWAY_SECONDS,
+    AccessTokenClaims,
+    InvalidTokenError,
+    decode_access_token,
+)
 
 # Overlap successive incremental reads: a slow transaction may commit a
 # revocation stamped slightly before the previous read.
@@ -65,14 +70,11 @@ class CredentialVerifier:
     _api_keys: dict[bytes, tuple[Principal, float]] = field(  # (principal, valid until)
         default_factory=dict, init=False
     )
+    _tokens: dict[bytes, AccessTokenClaims] = field(default_factory=dict, init=False)
+    wall_clock: Callable[[], float] = time.time
 
     def verify_bearer(self, token: str, *, cached_only: bool = False) -> Principal:
-        try:
-            claims = decode_access_token(
-                self.keys, token, issuer=self.issuer, audience=self.audience
-            )
-        except InvalidTokenError as exc:
-            raise CredentialRejected(exc.reason) from None
+        claims = self._verified_claims(token)
         if self._is_revoked(claims.jti, cached_only):
             raise CredentialRejected("revoked")
         if not self._subject_active(claims.kind, claims.subject, cached_only):
@@ -84,6 +86,32 @@ class CredentialVerifier:
             plan=claims.plan,
             token_id=claims.jti,
         )
+
+    def _verified_claims(self, token: str) -> AccessTokenClaims:
+        """The token's claims, its signature checked once per worker and its expiry always.
+
+        Keyed by a digest of the whole token, so a token differing in any byte is
+        verified afresh; revocation and the subject are checked by the caller on every
+        use. A token is cached only once valid (``nbf``/``iat`` passed), and time only
+        moves on, so its expiry is the one check left to repeat.
+        """
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        cached = self._tokens.get(digest)
+        if cached is not None:
+            if self.wall_clock() < cached.expires_at + DEFAULT_LEEWAY_SECONDS:
+                return cached
+            del self._tokens[digest]
+            raise CredentialRejected("expired")
+        try:
+            claims = decode_access_token(
+                self.keys, token, issuer=self.issuer, audience=self.audience
+            )
+        except InvalidTokenError as exc:
+            raise CredentialRejected(exc.reason) from None
+        if len(self._tokens) >= _MAX_CACHED_KEYS:
+            self._tokens.clear()
+        self._tokens[digest] = claims
+        return claims
 
     def verify_api_key(
         self, api_key: str, *, ip: str | None = None, cached_only: bool = False

@@ -6,13 +6,14 @@ never read the store, and never answer from a cache older than ``refresh_seconds
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from auth.jwt_keys import signing_keys_from_secret
 from auth.store import CredentialStore
-from auth.tokens import issue_access_token
+from auth.tokens import DEFAULT_LEEWAY_SECONDS, issue_access_token
 from auth.verifier import CredentialRejected, CredentialVerifier, StoreNeeded
 
 
@@ -107,3 +108,30 @@ def test_an_api_key_is_served_from_cache_only_once_verified(
         verifier.verify_api_key(api_key, cached_only=True)
     with pytest.raises(CredentialRejected):
         verifier.verify_api_key(api_key)
+
+
+def test_a_verified_token_is_cached_but_still_expires(
+    store: CredentialStore, verifier: CredentialVerifier, clock: Clock
+) -> None:
+    client_id, _ = store.create_client("app", {"predict"})
+    token, _ = _token(verifier, client_id)
+    verifier.verify_bearer(token)
+    wall = [time.time()]
+    verifier.wall_clock = lambda: wall[0]
+    assert verifier.verify_bearer(token).subject == client_id
+    wall[0] += 600 + DEFAULT_LEEWAY_SECONDS  # past exp and the leeway
+    with pytest.raises(CredentialRejected, match="expired"):
+        verifier.verify_bearer(token)
+
+
+def test_the_cache_never_answers_for_a_token_that_differs_in_one_byte(
+    store: CredentialStore, verifier: CredentialVerifier
+) -> None:
+    client_id, _ = store.create_client("app", {"predict"})
+    token, _ = _token(verifier, client_id)
+    verifier.verify_bearer(token)
+    header, payload, signature = token.split(".")
+    flipped = "B" if signature[5] != "B" else "C"
+    forged = ".".join([header, payload, signature[:5] + flipped + signature[6:]])
+    with pytest.raises(CredentialRejected):
+        verifier.verify_bearer(forged)
