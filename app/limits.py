@@ -33,6 +33,7 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
 from limits.util import WindowStats
+from redis.exceptions import NoScriptError
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 from starlette.concurrency import run_in_threadpool
@@ -100,10 +101,18 @@ class PipelinedMovingWindow(MovingWindowRateLimiter):
             return super().hit(item, *identifiers, cost=cost)
         key = storage.prefixed_key(item.key_for(*identifiers))
         expiry, now = item.get_expiry(), time.time()
+        acquire, read = storage.lua_acquire_moving_window, storage.lua_moving_window
+        acquire_args, read_args = (now, item.amount, expiry, cost), (now - expiry, item.amount)
+        # EVALSHA queued by hand: a pipeline holding Script objects first asks Redis
+        # SCRIPT EXISTS, one more round trip on every request.
         pipe = cast(Any, storage.get_connection()).pipeline(transaction=False)
-        storage.lua_acquire_moving_window([key], [now, item.amount, expiry, cost], client=pipe)
-        storage.lua_moving_window([key], [now - expiry, item.amount], client=pipe)
-        acquired, window = pipe.execute()
+        pipe.evalsha(acquire.sha, 1, key, *acquire_args)
+        pipe.evalsha(read.sha, 1, key, *read_args)
+        try:
+            acquired, window = pipe.execute()
+        except NoScriptError:  # Redis restarted or flushed its scripts: neither ran
+            acquired = acquire([key], list(acquire_args))  # these load them again
+            window = read([key], list(read_args))
         start, count = (float(window[0]), int(window[1])) if window else (now, 0)
         stats = WindowStats(start + expiry, item.amount - count)
         self._seen.last = (item, identifiers, stats, time.monotonic())
@@ -181,35 +190,53 @@ def quota_headers(
 class FailureThrottle:
     """Failures counted per name (a client id, a username, an address) in the limiter's
     storage, shared by every worker. Once a name reaches the limit it is refused, even
-    with correct credentials, until the moving window lets old failures go."""
+    with correct credentials, until the moving window lets old failures go.
+
+    Reading the window on every authenticated request would cost a Redis round trip
+    each time. So a worker that read a name's window at most half used remembers it as
+    clear for ``CLEAR_SECONDS``, and forgets that the moment it sees the name fail
+    itself. Failures elsewhere can thus go unseen here for at most ``CLEAR_SECONDS``:
+    the limit is exceeded by at most one failure per worker and per ``CLEAR_SECONDS``
+    (the failure that makes a worker forget), and only from below half the limit.
+    """
+
+    CLEAR_SECONDS = 1.0
+    _MAX_REMEMBERED = 10_000
 
     def __init__(self, limiter: QuotaLimiter, limit: str, scope: str) -> None:
         self.limiter = limiter
         self.item = parse(limit)
         self.scope = scope
+        self._clear_until: dict[str, float] = {}
 
     def refusal(self, name: str) -> dict[str, str] | None:
         """429 headers if ``name`` is throttled, else None."""
-        ids = (KEY_PREFIX, self.scope, name)
+        if self._known_clear(name):
+            return None
         try:
-            if self.limiter.limiter.test(self.item, *ids):
-                return None
-            stats = self.limiter.limiter.get_window_stats(self.item, *ids)
+            stats = self.limiter.limiter.get_window_stats(self.item, KEY_PREFIX, self.scope, name)
         except Exception:  # storage down: the per-address limit still holds
             logger.warning("rate-limit storage unreachable; %s throttle skipped", self.scope)
+            return None
+        if stats.remaining >= 1:
+            if stats.remaining * 2 >= self.item.amount:
+                if len(self._clear_until) >= self._MAX_REMEMBERED:
+                    self._clear_until.clear()
+                self._clear_until[name] = time.monotonic() + self.CLEAR_SECONDS
             return None
         return quota_headers(self.item, stats.reset_time, stats.remaining, limited=True)
 
     def failed(self, name: str) -> None:
+        self._clear_until.pop(name, None)
         try:
             self.limiter.limiter.hit(self.item, KEY_PREFIX, self.scope, name)
         except Exception:
             logger.warning("rate-limit storage unreachable; %s failure not counted", self.scope)
 
     async def refusal_async(self, name: str) -> dict[str, str] | None:
-        """:meth:`refusal` from async code: inline for in-memory storage (a few
-        microseconds), in a worker thread for Redis (a network round trip)."""
-        if self._local:
+        """:meth:`refusal` from async code: inline when no storage read is due or the
+        storage is in memory (microseconds), in a worker thread for a Redis read."""
+        if self._local or self._known_clear(name):
             return self.refusal(name)
         return await run_in_threadpool(self.refusal, name)
 
@@ -217,7 +244,12 @@ class FailureThrottle:
         if self._local:
             self.failed(name)
         else:
+            self._clear_until.pop(name, None)  # at once, before the next request looks
             await run_in_threadpool(self.failed, name)
+
+    def _known_clear(self, name: str) -> bool:
+        until = self._clear_until.get(name)
+        return until is not None and time.monotonic() < until
 
     @property
     def _local(self) -> bool:

@@ -47,3 +47,28 @@ def test_a_stashed_window_answers_only_for_its_own_key(storage: RedisStorage) ->
     # Bob's quota is read from Redis, not taken from Alice's stashed window.
     assert window.get_window_stats(item, "bob", "predict").remaining == 5
     assert window.get_window_stats(item, "alice", "predict").remaining == 3
+
+
+def test_a_guarded_request_sends_its_two_scripts_and_nothing_else(storage: RedisStorage) -> None:
+    """No SCRIPT EXISTS per pipeline (what redis-py adds for Script objects): the hit
+    and its read go out together, and Redis sees exactly those two EVALSHA."""
+    window = PipelinedMovingWindow(storage)
+    item = parse("100/minute")
+    window.hit(item, "warm", "predict")  # loads the scripts once
+    redis = storage.get_connection()
+    redis.config_resetstat()
+    for _ in range(5):
+        window.hit(item, "caller", "predict")
+        window.get_window_stats(item, "caller", "predict")
+    stats = redis.info("commandstats")  # also counts what the scripts ran inside
+    assert stats["cmdstat_evalsha"]["calls"] == 10
+    assert not [name for name in stats if name.startswith(("cmdstat_script", "cmdstat_eval|"))]
+
+
+def test_flushed_scripts_are_loaded_again_without_losing_the_hit(storage: RedisStorage) -> None:
+    window = PipelinedMovingWindow(storage)
+    item = parse("5/minute")
+    assert window.hit(item, "caller", "predict")
+    storage.get_connection().script_flush()
+    assert window.hit(item, "caller", "predict")
+    assert window.get_window_stats(item, "caller", "predict").remaining == 3
