@@ -19,10 +19,11 @@ together (issue 9), (r)/(n) the Redis limiter alone (issue 6) and (e)/(r) the lo
 Every scenario runs at every concurrency in each repeat, in an order rotated per
 repeat, so the figures compared were measured minutes apart at most; ratios are
 medians of per-repeat ratios. Each server's CPU time per request and each worker's
-peak RSS (VmHWM) are read from /proc. Then: Redis round trips per limiter check
-(MONITOR over sequential requests), in-process ``LoadedModel.predict`` rows/s and the
-cost of each part of a request on its own (``bench.components``), and cProfile
-summaries of /v1/predict and of a 1000-row batch, with a token. Results go to
+peak RSS (VmHWM) are read from /proc. Then: Redis commands per guarded request
+(MONITOR over sequential requests), in-process ``LoadedModel.predict`` and scikit-learn
+``predict`` rows/s, the cost of each part of a request on its own (``bench.components``),
+and py-spy summaries (and flamegraphs) of /v1/predict and of a 1000-row batch, with a
+token (``bench.profiling``). Results go to
 ``bench/results/<timestamp>.json`` (written after each phase too, so a failure keeps
 what was measured) and ``docs/benchmarks.md`` is generated from them.
 
@@ -47,16 +48,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
-from bench import components, report, servers
+from bench import components, profiling, report, servers
 from bench.predict_path import per_call_us
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +103,6 @@ FACTORIES = {
     "tutorial": "bench.baselines.tutorial:build",
     "unauthenticated": "bench.baselines.unauthenticated:build",
     "limiter_off": "bench.baselines.limiter_off:build",
-    "profiled": "bench.baselines.profiled:build",
 }
 
 
@@ -359,6 +361,19 @@ def sanity_check(
 # --- in-process model --------------------------------------------------------------
 
 
+def _loads_then_validate(schema: type[BaseModel], raw: bytes) -> BaseModel:
+    return schema.model_validate(json.loads(raw))
+
+
+def _matrix(houses: Sequence[object], names: Sequence[str]) -> np.ndarray:
+    """The float64 matrix as ``app.routes.predict`` builds it from validated houses."""
+    return np.array([[float(getattr(h, name)) for name in names] for h in houses], dtype=np.float64)
+
+
+def _serialize(schema: type[BaseModel], prices: list[float], **fields: str) -> str:
+    return schema(predictions=prices, **fields).model_dump_json()
+
+
 def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> list[dict[str, Any]]:
     """Rows/s of ``LoadedModel.predict`` on the batches' rows, and of each handler stage."""
     from app.schemas import BatchPrediction, BatchV1
@@ -370,24 +385,18 @@ def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> lis
     for n in BATCH_ROWS:
         raw = bodies[f"batch{n}"].read_bytes()
         batch = BatchV1.model_validate_json(raw)
-        # The matrix as app.routes.predict builds it from validated houses.
-        X = np.array(
-            [[float(getattr(h, name)) for name in names] for h in batch.instances], dtype=np.float64
-        )
+        X = _matrix(batch.instances, names)
         prices = [float(p) for p in model.predict(X)]
         stages: dict[str, Callable[[], object]] = {
-            "loaded_model_predict": lambda X=X: model.predict(X),
-            "estimator_predict": lambda X=X: model.estimator.predict(X),
-            "validate_json": lambda raw=raw: BatchV1.model_validate_json(raw),
+            "loaded_model_predict": partial(model.predict, X),
+            "estimator_predict": partial(model.estimator.predict, X),
+            "validate_json": partial(BatchV1.model_validate_json, raw),
             # What FastAPI does with a body: json.loads, then validate the Python objects.
-            "json_loads_then_validate": lambda raw=raw: BatchV1.model_validate(json.loads(raw)),
-            "build_matrix": lambda batch=batch: np.array(
-                [[float(getattr(h, name)) for name in names] for h in batch.instances],
-                dtype=np.float64,
+            "json_loads_then_validate": partial(_loads_then_validate, BatchV1, raw),
+            "build_matrix": partial(_matrix, batch.instances, names),
+            "serialize": partial(
+                _serialize, BatchPrediction, prices, model_version="v1", model_sha256=model.sha256
             ),
-            "serialize": lambda prices=prices: BatchPrediction(
-                predictions=prices, model_version="v1", model_sha256=model.sha256
-            ).model_dump_json(),
         }
         row: dict[str, Any] = {"rows": n, "predict_path": model.predict_path}
         for name, action in stages.items():
@@ -401,10 +410,16 @@ def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> lis
 # --- Redis -------------------------------------------------------------------------
 
 
-def redis_round_trips(
+def redis_commands(
     redis_port: int, url: str, body: Path, header: tuple[str, str], n: int = 20
 ) -> dict[str, Any]:
-    """Commands each guarded request sends to Redis, seen by MONITOR over ``n`` requests."""
+    """Commands each guarded request sends to Redis, seen by MONITOR over ``n`` requests.
+
+    MONITOR shows commands, not round trips: the app pipelines the moving-window hit and
+    its read (``app.limits.PipelinedMovingWindow``), two commands in one round trip, and
+    MONITOR cannot tell pipelined commands apart. The benchmark's own commands (its
+    control connection's INFO) are left out.
+    """
     import redis as redis_client
 
     seen: list[dict[str, Any]] = []
@@ -412,7 +427,7 @@ def redis_round_trips(
 
     def watch() -> None:
         conn = redis_client.Redis(host=servers.HOST, port=redis_port, socket_timeout=30)
-        with conn.monitor() as monitor:
+        with conn.monitor() as monitor:  # type: ignore[no-untyped-call]
             started.set()
             for command in monitor.listen():
                 seen.append(command)
@@ -424,6 +439,7 @@ def redis_round_trips(
     started.wait(10)
     time.sleep(0.3)
     control = redis_client.Redis(host=servers.HOST, port=redis_port)
+    ours = str(control.client_info().get("addr", ""))
     before = control.info("commandstats")
     control.echo("bench-monitor-start")
     headers = {"Content-Type": "application/json", header[0]: header[1]}
@@ -433,7 +449,7 @@ def redis_round_trips(
     after = control.info("commandstats")
     control.echo("bench-monitor-end")
     watcher.join(10)
-    window = []
+    window: list[dict[str, Any]] = []
     for command in seen:
         text = command.get("command", "")
         if "bench-monitor-start" in text:
@@ -443,7 +459,10 @@ def redis_round_trips(
         else:
             window.append(command)
     client_side = Counter(
-        c["command"].split()[0].upper() for c in window if c.get("client_type") != "lua"
+        c["command"].split()[0].upper()
+        for c in window
+        if c.get("client_type") != "lua"
+        and f"{c.get('client_address')}:{c.get('client_port')}" != ours
     )
     in_scripts = Counter(
         c["command"].split()[0].upper() for c in window if c.get("client_type") == "lua"
@@ -456,7 +475,7 @@ def redis_round_trips(
             stats[name.removeprefix("cmdstat_")] = {"calls": calls, "usec": usec}
     return {
         "requests": n,
-        "round_trips_per_request": sum(client_side.values()) / n,
+        "commands_per_request": sum(client_side.values()) / n,
         "client_commands": dict(client_side),
         "commands_inside_scripts": dict(in_scripts),
         "commandstats_delta": stats,
@@ -489,34 +508,88 @@ def profile(
     env: Mapping[str, str],
     creds: Credentials,
     body: Path,
-    seconds: float,
+    seconds: int,
+    name: str,
+    flamegraph: Path,
     path: str = "/v1/predict",
     concurrency: int = 32,
 ) -> dict[str, Any]:
-    """Our app as (c) runs it, under cProfile; ``path`` with a JWT at ``concurrency``."""
-    name = "profiled" + path.replace("/", "_")
-    out = work / f"{name}.pstats"
-    process = servers.factory(
-        name,
-        FACTORIES["profiled"],
-        work / name,
-        {**env, "BENCH_PROFILE_OUT": str(out), "PREDICTION_LOG_ENABLED": "false"},
+    """Our app as (c) runs it, sampled by py-spy while wrk drives ``path`` with a JWT.
+
+    Two windows of ``seconds`` under the same load, each after the other: first py-spy
+    ``--gil`` (the shares) with a second py-spy writing the same view as a flamegraph
+    SVG to ``flamegraph``, then py-spy on every thread (``bench.profiling`` says why
+    both). wrk runs a second longer than py-spy so that every sample is under load.
+    A py-spy failure is recorded in the view instead of stopping the run.
+    """
+    root = work / f"profile-{name}"
+    (root / "var").mkdir(parents=True)
+    process = servers.ours(
+        f"profile-{name}",
+        root,
+        {**env, "VAR_DIR": str(root / "var"), "PREDICTION_LOG_ENABLED": "false"},
         1,
     )
-    with running({name: process}):
+    out: dict[str, Any] = {
+        "tool": profiling.version(),
+        "path": path,
+        "concurrency": concurrency,
+        "rate_hz": profiling.RATE,
+        "seconds": seconds,
+        "views": {},
+    }
+    with running({process.name: process}):
         token = fetch_token(process.base_url, creds)
         header = header_for("token", token, creds)
         url = process.base_url + path
-        warm = wrk(url, body, header, concurrency, 1)
-        measured = wrk(url, body, header, concurrency, seconds)
-    if not out.exists():
-        raise RuntimeError(f"no profile written:\n{process.log}")
-    # The profile covers the warm-up too; requests are counted by the endpoint's calls.
-    endpoint = "predict_v1_batch" if path.endswith("/batch") else "predict_v1"
-    summary = report.profile_summary(
-        out, endpoint=endpoint, fallback_requests=warm["requests"] + measured["requests"]
-    )
-    return summary | {"wrk": measured, "path": path, "concurrency": concurrency}
+        wrk(url, body, header, concurrency, 1)  # warm-up
+        for view, gil in (("gil", True), ("all_threads", False)):
+            raw = root / f"{view}.txt"
+            recordings = [profiling.record(process.pid, raw, seconds, gil=gil)]
+            svg = root / f"{view}.svg"
+            if gil:
+                recordings.append(
+                    profiling.record(process.pid, svg, seconds, gil=True, fmt="flamegraph")
+                )
+            cpu0 = process.cpu_seconds()
+            measured = wrk(url, body, header, concurrency, seconds + 1)
+            cpu_us = (process.cpu_seconds() - cpu0) / max(1, measured["requests"]) * 1e6
+            spy = profiling.finish(recordings[0])
+            result: dict[str, Any] = {
+                "gil_only": gil,
+                "py_spy": spy,
+                "wrk": measured,
+                "server_cpu_us_per_request": cpu_us,
+            }
+            if gil:
+                drawn = profiling.finish(recordings[1])
+                if "error" in drawn:
+                    result["flamegraph_error"] = drawn["error"]
+                else:
+                    flamegraph.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(svg, flamegraph)
+                    out["flamegraph"] = str(flamegraph)
+            if "error" not in spy:
+                if gil and "samples" in spy:
+                    # Share of the sampling ticks in which some thread held the GIL (ticks
+                    # py-spy could not read are left out): wall time, not CPU time.
+                    ticks = max(1, profiling.RATE * seconds - spy["errors"])
+                    result["gil_held_fraction"] = min(1.0, spy["samples"] / ticks)
+                    result["gil_held_us_per_request"] = (
+                        result["gil_held_fraction"] / measured["rps"] * 1e6
+                    )
+                # The GIL view splits the server's CPU per request; the other over-counts.
+                result |= profiling.summarize(
+                    raw, drop_idle=not gil, us_per_request=cpu_us if gil else None
+                )
+                if not gil:  # threads with a Python stack at a tick, idle ones dropped
+                    result["busy_threads"] = result["kept_samples"] / (profiling.RATE * seconds)
+            out["views"][view] = result
+            log(
+                f"profile {path} {view}: "
+                + (spy.get("error", "")[:200] or f"{result['kept_samples']} samples kept")
+            )
+    return out
 
 
 # --- the run -----------------------------------------------------------------------
@@ -615,10 +688,10 @@ def phase(
         out["prediction_log_rows"] = prediction_log_rows(env)
         if workers == 1:
             e_process, e_header = targets["e"]
-            out["redis"] = redis_round_trips(
+            out["redis"] = redis_commands(
                 redis.port, e_process.base_url + "/v1/predict", bodies["single"], e_header
             )
-            log(f"redis round trips per request: {out['redis']['round_trips_per_request']:.2f}")
+            log(f"redis commands per request: {out['redis']['commands_per_request']:.2f}")
         out["peak_rss_mb"] = {name: p.peak_rss_mb() for name, p in processes.items()}
     return out
 
@@ -767,18 +840,32 @@ def main(argv: list[str] | None = None) -> int:
         log("in-process LoadedModel.predict, and what each part of a request costs alone")
         results["in_process"] = in_process(Path(env["MODEL_DIR"]), bodies, max(5, args.repeats))
         results["components"] = components.measure(Path(env["MODEL_DIR"]), redis.port)
-        log("profiling /v1/predict with a token under cProfile")
-        results["profile"] = profile(work, env, creds, bodies["single"], args.profile_seconds)
-        log("profiling /v1/predict/batch with 1000 rows")
-        results["profile_batch"] = profile(
-            work,
-            env,
-            creds,
-            bodies["batch1000"],
-            args.profile_seconds,
-            path="/v1/predict/batch",
-            concurrency=BATCH_CONCURRENCY,
-        )
+        for key, name, body, route, concurrency in (
+            ("profile", "predict", bodies["single"], "/v1/predict", 32),
+            ("profile_batch", "batch", bodies["batch1000"], "/v1/predict/batch", BATCH_CONCURRENCY),
+        ):
+            log(f"profiling {route} with a token under py-spy")
+            try:
+                results[key] = profile(
+                    work,
+                    env,
+                    creds,
+                    body,
+                    args.profile_seconds,
+                    name,
+                    path.with_name(f"{path.stem}-profile-{name}.svg"),
+                    path=route,
+                    concurrency=concurrency,
+                )
+            except (
+                servers.ServerFailed,
+                RuntimeError,
+                httpx.HTTPError,
+                OSError,
+                subprocess.SubprocessError,
+            ) as exc:
+                log(f"profile of {route} failed: {str(exc)[-2000:]}")
+                results[key] = {"path": route, "error": f"{type(exc).__name__}: {exc}"[-4000:]}
     finally:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -4,7 +4,6 @@
 * ``tutorial``: the tutorial implementation, ``async def`` + ``model.predict`` on a list.
 * ``unauthenticated``: our app with the security dependency replaced by a fixed caller.
 * ``limiter_off``: our app with the rate limiter and the failed-auth throttle disabled.
-* ``profiled``: our app, unchanged, under cProfile in every thread.
 
 The twins override our app only here, for measurement; tests never do this.
 """
