@@ -15,23 +15,27 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 REDACTED = "[REDACTED]"
-SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),  # JWT
-    re.compile(r"\bhpa_[a-z2-7]{12}_[A-Za-z0-9_-]{20,}"),  # API key
-    re.compile(r"(?i)\b(client_secret|password|api_key|secret)=[^&\s]+"),
-    re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/=]{8,}"),
+# Scoped flags ("(?i:...)"), so that the patterns also combine into one alternation.
+_SECRET_SHAPES = (
+    r"\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]+",
+    r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",  # JWT
+    r"\bhpa_[a-z2-7]{12}_[A-Za-z0-9_-]{20,}",  # API key
+    r"\b(?i:client_secret|password|api_key|secret)=[^&\s]+",
+    r"\b(?i:basic)\s+[A-Za-z0-9+/=]{8,}",
 )
+SECRET_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(s) for s in _SECRET_SHAPES)
+# One pass over each line instead of one per pattern: this runs on every request's event.
+_ANY_SECRET = re.compile("|".join(f"(?:{shape})" for shape in _SECRET_SHAPES))
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
 def redact(text: str) -> str:
-    for pattern in SECRET_PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    return text
+    return _ANY_SECRET.sub(REDACTED, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,7 +54,16 @@ class JsonFormatter(logging.Formatter):
                 event[key] = value
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(event, default=str))
+        return redact(_dumps(event))
+
+
+def _dumps(event: dict[str, Any]) -> str:
+    """orjson (a tenth of ``json.dumps``' time), or ``json`` for what orjson refuses
+    (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(event, default=str).decode("utf-8")
+    except orjson.JSONEncodeError:
+        return json.dumps(event, default=str)
 
 
 def configure_logging(level: str = "INFO") -> None:
