@@ -20,6 +20,7 @@ from app.observability.middleware import RequestContextMiddleware
 from app.operations.runtime import running_operations
 from app.routes import admin, docs, health, jwks, models, oauth, predict, usage
 from app.routes import keys as key_routes
+from app.security import SingleFlight
 from app.settings import Settings
 from auth.verifier import CredentialVerifier
 from ml.artifacts import load_all
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.auth_throttle = FailureThrottle(
         limiter, settings.rate_limit_auth_failures, "auth-fail"
     )
+    app.state.credential_reads = SingleFlight()
     app.state.readiness_checks = {}
     install_error_handlers(app)
     app.add_exception_handler(RateLimitExceeded, rate_limited)

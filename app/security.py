@@ -8,6 +8,7 @@ reverse. When both are valid the bearer token's principal is used.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
@@ -80,12 +81,42 @@ def _repeated_credential(request: Request) -> bool:
     return len(headers.getlist("authorization")) > 1 or len(headers.getlist("x-api-key")) > 1
 
 
-async def _verified(verify: Callable[..., Principal], credential: str, **options: Any) -> Principal:
+class SingleFlight:
+    """One store read at a time per credential.
+
+    When a credential's cache entry expires, every request presenting it at that moment
+    needs the store; without this, 32 concurrent requests of one client made 32 reads
+    (and each paid a thread hand-off) every refresh interval, which showed as the p99.
+    They now share the first one's answer, or its refusal: the credential is the same.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, asyncio.Task[Principal]] = {}
+
+    async def run(self, key: str, read: Callable[[], Principal]) -> Principal:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(run_in_threadpool(read))
+            self._inflight[key] = task
+            task.add_done_callback(partial(self._done, key))
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(task)
+
+    def _done(self, key: str, task: asyncio.Task[Principal]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved, even if every waiter went away
+
+
+async def _verified(
+    flights: SingleFlight, verify: Callable[..., Principal], credential: str, **options: Any
+) -> Principal:
     """``verify`` from its caches on the event loop, or in a thread if it must read the store."""
     try:
         return verify(credential, cached_only=True, **options)
     except StoreNeeded:
-        return await run_in_threadpool(partial(verify, credential, **options))
+        key = f"{verify.__name__}:{credential}"
+        return await flights.run(key, partial(verify, credential, **options))
 
 
 def _bearer_token(authorization: str) -> str:
@@ -110,6 +141,7 @@ async def authenticate(
     """
     ip = client_ip(request)
     throttle: FailureThrottle = request.app.state.auth_throttle
+    flights: SingleFlight = request.app.state.credential_reads
     if api_key is not None or authorization is not None:
         # Failed authentications count against the address, never against the key
         # or client they named, so nobody can lock a partner out by guessing.
@@ -125,9 +157,10 @@ async def authenticate(
         if _repeated_credential(request):
             raise CredentialRejected("repeated_header")
         if api_key is not None:
-            principal = await _verified(verifier.verify_api_key, api_key, ip=ip)
+            principal = await _verified(flights, verifier.verify_api_key, api_key, ip=ip)
         if authorization is not None:
-            principal = await _verified(verifier.verify_bearer, _bearer_token(authorization))
+            token = _bearer_token(authorization)
+            principal = await _verified(flights, verifier.verify_bearer, token)
     except CredentialRejected as exc:
         request.state.auth_failure = exc.reason
         await throttle.failed_async(ip)

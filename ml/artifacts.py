@@ -259,13 +259,18 @@ class LoadedModel:
         return np.asarray(predict(X), dtype=np.float64)
 
 
-def _read_manifest(path: Path, version: ModelVersion) -> dict[str, Any]:
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, or an ArtifactError naming it."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path}: missing; run `housing-api train`") from exc
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def _read_manifest(path: Path, version: ModelVersion) -> dict[str, Any]:
+    raw = _read_bytes(path)
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -348,12 +353,7 @@ def _load_plan(
             f"{plan_path}: compiled from {MODEL_FILE} sha256 {entry['model_sha256']}, but "
             f"{manifest_path} records {manifest['sha256']}; retrain"
         )
-    try:
-        data = plan_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"{plan_path}: missing; run `housing-api train`") from exc
-    except OSError as exc:
-        raise ArtifactError(f"{plan_path}: cannot read ({exc.strerror})") from exc
+    data = _read_bytes(plan_path)
     actual = hashlib.sha256(data).hexdigest()
     if actual != entry["sha256"]:
         raise ArtifactError(

@@ -22,26 +22,10 @@ from app.routes.predict import _matrix
 from app.schemas import BatchV1, BatchV2, HouseV1, HouseV2
 from ml.artifacts import load_verified
 from ml.features import FEATURES
-from tests.app.conftest import open_client
+from tests.app.conftest import HOUSES, V1_HOUSE, V2_HOUSE, open_client
 
 pytestmark = pytest.mark.anyio
 
-V1_HOUSE: dict[str, Any] = {
-    "lotsize": 5850,
-    "bedrooms": 3,
-    "bathrms": 1,
-    "stories": 2,
-    "garagepl": 1,
-}
-V2_HOUSE: dict[str, Any] = V1_HOUSE | {
-    "driveway": True,
-    "recroom": False,
-    "fullbase": True,
-    "gashw": False,
-    "airco": False,
-    "prefarea": False,
-}
-HOUSES = {"v1": V1_HOUSE, "v2": V2_HOUSE}
 SCHEMAS: dict[str, type[HouseV1]] = {"v1": HouseV1, "v2": HouseV2}
 COUNTS = [f.name for f in FEATURES["v1"] if f.kind == "int"]
 

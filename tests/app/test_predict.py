@@ -12,25 +12,9 @@ import pytest
 
 from ml.artifacts import load_verified
 from ml.features import FEATURES
+from tests.app.conftest import HOUSES, V1_HOUSE, V2_HOUSE
 
 pytestmark = pytest.mark.anyio
-
-V1_HOUSE: dict[str, Any] = {
-    "lotsize": 5850,
-    "bedrooms": 3,
-    "bathrms": 1,
-    "stories": 2,
-    "garagepl": 1,
-}
-V2_HOUSE: dict[str, Any] = V1_HOUSE | {
-    "driveway": True,
-    "recroom": False,
-    "fullbase": True,
-    "gashw": False,
-    "airco": False,
-    "prefarea": False,
-}
-HOUSES = {"v1": V1_HOUSE, "v2": V2_HOUSE}
 
 
 def raw_json(text: str) -> dict[str, Any]:

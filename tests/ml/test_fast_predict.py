@@ -17,6 +17,7 @@ from ml.artifacts import MODEL_FILE, LoadedModel, load_verified, save_artifacts
 from ml.dataset import load_dataset
 from ml.fastpath import compile_predictor, probe_rows
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion, allowed_range
+from tests.ml.conftest import random_rows
 
 VERSIONS = pytest.mark.parametrize("version", MODEL_VERSIONS)
 
@@ -29,19 +30,6 @@ def models(trained_model_dir: Path) -> dict[str, LoadedModel]:
 def same_answers(ours: np.ndarray, theirs: np.ndarray) -> None:
     """Equal to the last few ulps: only the summation order of a dot product differs."""
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0.0)
-
-
-def _random_rows(version: ModelVersion, n: int, seed: int) -> np.ndarray:
-    """In-range rows drawn independently of ml.fastpath.probe_rows."""
-    rng = np.random.default_rng(seed)
-    columns = []
-    for feature in FEATURES[version]:
-        low, high = allowed_range(feature)
-        if feature.kind == "float":
-            columns.append(rng.uniform(low, high, n))
-        else:
-            columns.append(rng.integers(low, high + 1, n).astype(np.float64))
-    return np.column_stack(columns)
 
 
 @VERSIONS
@@ -60,7 +48,7 @@ def test_a_row_answers_the_same_alone_or_in_any_batch(
     models: dict[str, LoadedModel], version: ModelVersion
 ) -> None:
     model = models[version]
-    X = _random_rows(version, 1000, seed=11)
+    X = random_rows(version, 1000, seed=11)
     whole = model.predict(X)
     for size in (1, 2, 3, 17, 100):
         parts = np.concatenate([model.predict(X[i : i + size]) for i in range(0, len(X), size)])
@@ -72,7 +60,7 @@ def test_identical_to_the_estimator_on_random_in_range_rows(
     models: dict[str, LoadedModel], version: ModelVersion
 ) -> None:
     model = models[version]
-    X = _random_rows(version, 2000, seed=20240601)
+    X = random_rows(version, 2000, seed=20240601)
     same_answers(model.predict(X), model.estimator.predict(X))
 
 

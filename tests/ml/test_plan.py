@@ -25,7 +25,7 @@ from ml.artifacts import (
 from ml.candidates import CANDIDATES
 from ml.dataset import load_dataset
 from ml.fastpath import plan_for
-from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion, allowed_range
+from ml.features import MODEL_VERSIONS, ModelVersion
 from ml.plan import (
     _ROW_CHUNK,
     _SMALL_BATCH,
@@ -37,6 +37,7 @@ from ml.plan import (
     plan_to_json,
     probe_rows,
 )
+from tests.ml.conftest import random_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = pytest.mark.parametrize("version", MODEL_VERSIONS)
@@ -47,23 +48,11 @@ def models(trained_model_dir: Path) -> dict[str, LoadedModel]:
     return {v: load_verified(trained_model_dir, v) for v in MODEL_VERSIONS}
 
 
-def _random_rows(version: ModelVersion, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    cols = []
-    for feature in FEATURES[version]:
-        low, high = allowed_range(feature)
-        if feature.kind == "float":
-            cols.append(rng.uniform(low, high, n))
-        else:
-            cols.append(rng.integers(low, high + 1, n).astype(np.float64))
-    return np.column_stack(cols)
-
-
 def _rows(version: ModelVersion, data_path: Path) -> dict[str, np.ndarray]:
     return {
         "probe": probe_rows(version),
         "training": load_dataset(data_path, version).X,
-        "random": _random_rows(version, 3000, seed=7),  # more than one row chunk
+        "random": random_rows(version, 3000, seed=7),  # more than one row chunk
     }
 
 
@@ -107,7 +96,7 @@ def test_a_row_answers_the_same_alone_or_in_any_batch(
 ) -> None:
     """Both batch strategies (all trees at once, trees in blocks) and the row chunks."""
     model = models[version]
-    X = _random_rows(version, _ROW_CHUNK + 300, seed=11)
+    X = random_rows(version, _ROW_CHUNK + 300, seed=11)
     whole = model.predict(X)
     np.testing.assert_array_equal(_one_by_one(model.predict, X[:300]), whole[:300])
     for size in (2, _SMALL_BATCH, _SMALL_BATCH + 1, 1000):
