@@ -65,8 +65,8 @@ def caller_key(request: Request) -> str:
     return f"{principal.plan}|{principal.id}"
 
 
-# SlowAPI calls inspect.signature(key_func) on every request to decide whether to pass
-# the request; a precomputed __signature__ turns that into an attribute read.
+# SlowAPI calls inspect.signature on the key and limit functions on every request, to
+# decide what to pass them; a precomputed __signature__ turns that into an attribute read.
 client_ip.__signature__ = inspect.signature(client_ip)  # type: ignore[attr-defined]
 caller_key.__signature__ = inspect.signature(caller_key)  # type: ignore[attr-defined]
 
@@ -288,6 +288,7 @@ def predict_limit(settings: Settings) -> Any:
         plan = key.split("|", 1)[0]
         return settings.rate_limit_plans.get(plan, settings.rate_limit_predict)
 
+    limit_for.__signature__ = inspect.signature(limit_for)  # type: ignore[attr-defined]
     return limit_for
 
 

@@ -580,17 +580,12 @@ def _redis_section(summary: dict[str, Any]) -> list[str]:
         "",
         "MONITOR sees commands, not round trips, and cannot tell pipelined commands apart. "
         "The moving-window hit and the read of the same window for the quota headers go to "
-        "Redis together in one pipeline (`PipelinedMovingWindow` in `app/limits.py`), so a "
-        "guarded request with a credential makes one round trip fewer than it sends "
-        f"commands: **{commands - 1:.1f} round trips per request**: the failed-auth "
-        "throttle test (its own round trip, before the credential is verified), "
-        + (
-            f"redis-py's `SCRIPT EXISTS` check ({scripts / n:.1f} per request; redis-py sends "
-            "it on its own, before every pipeline that runs scripts), "
-            if (scripts := redis["client_commands"].get("SCRIPT", 0))
-            else ""
-        )
-        + "then the pipelined hit and read.",
+        "Redis together in one pipeline (`PipelinedMovingWindow` in `app/limits.py`): two "
+        "EVALSHA, one round trip. The failed-authentication throttle reads the caller "
+        "address's window at most once a second per worker while it is under half used "
+        "(`FailureThrottle` in `app/limits.py`), so over these sequential requests it "
+        "adds at most a read per second. Round trips per request: about "
+        f"**{max(commands - 1, 0):.1f}**.",
         "",
         "| command | calls | µs in Redis per call |",
         "| --- | ---: | ---: |",
