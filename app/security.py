@@ -86,8 +86,8 @@ class SingleFlight:
 
     When a credential's cache entry expires, every request presenting it at that moment
     needs the store; without this, 32 concurrent requests of one client made 32 reads
-    (and each paid a thread hand-off) every refresh interval, which showed as the p99.
-    They now share the first one's answer, or its refusal: the credential is the same.
+    (each with a thread hand-off) every refresh interval. They now share the first
+    one's answer, or its refusal: the credential is the same.
     """
 
     def __init__(self) -> None:
