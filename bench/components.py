@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,106 +111,16 @@ def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
             "class": type(part).__name__,
             "inner": type(getattr(part, "regressor_", part)).__name__,
             "compiled": compiled is not None,
-            "predict_1_row_us": per_call_us(lambda action=action: action(X), repeats),
-            "predict_1000_rows_us": per_call_us(lambda action=action: action(X1000), repeats),
-            "identical_on_probe_rows": bool(np.array_equal(action(probe), part.predict(probe))),
+            "predict_1_row_us": per_call_us(partial(action, X), repeats),
+            "predict_1000_rows_us": per_call_us(partial(action, X1000), repeats),
+            "sklearn_predict_1_row_us": per_call_us(partial(part.predict, X), repeats),
+            "sklearn_predict_1000_rows_us": per_call_us(partial(part.predict, X1000), repeats),
+            # Boosted trees: 0 (bit for bit); linear parts: last bits (summation order).
+            "max_relative_difference_on_probe_rows": float(
+                np.max(np.abs(action(probe) / part.predict(probe) - 1))
+            ),
         }
-        direct = _direct_boosting(part)
-        if direct is not None:
-            same = bool(np.array_equal(direct(X), part.predict(X)))
-            out["parts"][name]["direct_predict_stages_1_row_us"] = per_call_us(
-                lambda direct=direct: direct(X), repeats
-            )
-            out["parts"][name]["direct_predict_stages_identical"] = same
-        vectorized = _vectorized_boosting(part)
-        if vectorized is not None:
-            reference, mine = part.predict(probe), vectorized(probe)
-            out["parts"][name]["vectorized_trees"] = {
-                "identical_on_probe_rows": bool(np.array_equal(reference, mine)),
-                "max_relative_difference": float(np.max(np.abs(mine / reference - 1))),
-                "predict_1_row_us": per_call_us(lambda v=vectorized: v(X), repeats),
-                "predict_1000_rows_us": per_call_us(lambda v=vectorized: v(X1000), repeats),
-                "sklearn_predict_1000_rows_us": per_call_us(
-                    lambda part=part: part.predict(X1000), repeats
-                ),
-            }
     return out
-
-
-def _direct_boosting(part: Any) -> Callable[[np.ndarray], np.ndarray] | None:
-    """For ``TransformedTargetRegressor(GradientBoostingRegressor)``: what scikit-learn's
-    predict computes, through its own Cython ``predict_stages`` without the per-call
-    input validation. A measurement of what a compiled path could save, not a predictor
-    the service uses."""
-    from sklearn.compose import TransformedTargetRegressor
-    from sklearn.ensemble import GradientBoostingRegressor
-    from sklearn.ensemble._gradient_boosting import predict_stages
-
-    if type(part) is not TransformedTargetRegressor:
-        return None
-    gbm = part.regressor_
-    if type(gbm) is not GradientBoostingRegressor or part.inverse_func is not np.exp:
-        return None
-
-    def predict(X: np.ndarray) -> np.ndarray:
-        X32 = np.ascontiguousarray(X, dtype=np.float32)
-        raw = gbm._raw_predict_init(X32)
-        predict_stages(gbm.estimators_, X32, gbm.learning_rate, raw)
-        return np.exp(raw.ravel().reshape(-1, 1)).squeeze(axis=1)
-
-    return predict
-
-
-def _vectorized_boosting(part: Any) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A sketch of a compiled ``TransformedTargetRegressor(GradientBoostingRegressor)``:
-    every tree's nodes in flat arrays, all trees walked at once with NumPy, leaf values
-    scaled and summed in stage order (``cumsum`` adds sequentially, as ``predict_stages``
-    does), inputs compared as float32 as scikit-learn's trees do. Measured here, with its
-    agreement with ``predict``, as evidence for a fast path in ``ml.fastpath``."""
-    from sklearn.compose import TransformedTargetRegressor
-    from sklearn.dummy import DummyRegressor
-    from sklearn.ensemble import GradientBoostingRegressor
-
-    if type(part) is not TransformedTargetRegressor or part.inverse_func is not np.exp:
-        return None
-    gbm = part.regressor_
-    if type(gbm) is not GradientBoostingRegressor or type(gbm.init_) is not DummyRegressor:
-        return None
-    trees = [e.tree_ for e in gbm.estimators_[:, 0]]
-    width = max(t.node_count for t in trees)
-    depth = max(t.max_depth for t in trees)
-    feature = np.zeros((len(trees), width), dtype=np.intp)
-    threshold = np.zeros((len(trees), width))
-    left = np.zeros((len(trees), width), dtype=np.intp)
-    right = np.zeros((len(trees), width), dtype=np.intp)
-    value = np.zeros((len(trees), width))
-    for i, t in enumerate(trees):
-        n = t.node_count
-        leaf = t.children_left[:n] == -1
-        own = np.arange(n)
-        feature[i, :n] = np.where(leaf, 0, t.feature[:n])
-        threshold[i, :n] = t.threshold[:n]
-        left[i, :n] = np.where(leaf, own, t.children_left[:n])  # a leaf points at itself
-        right[i, :n] = np.where(leaf, own, t.children_right[:n])
-        value[i, :n] = t.value[:n, 0, 0]
-    init = float(gbm.init_.constant_.ravel()[0])
-    rate = gbm.learning_rate
-    columns = np.arange(len(trees))[None, :]
-
-    def predict(X: np.ndarray) -> np.ndarray:
-        X32 = X.astype(np.float32).astype(np.float64)
-        rows = np.arange(X.shape[0])[:, None]
-        node = np.zeros((X.shape[0], len(trees)), dtype=np.intp)
-        for _ in range(depth):
-            goes_left = X32[rows, feature[columns, node]] <= threshold[columns, node]
-            node = np.where(goes_left, left[columns, node], right[columns, node])
-        steps = np.empty((X.shape[0], len(trees) + 1))
-        steps[:, 0] = init
-        steps[:, 1:] = rate * value[columns, node]
-        raw = np.cumsum(steps, axis=1)[:, -1]
-        return np.exp(raw.reshape(-1, 1)).squeeze(axis=1)  # type: ignore[no-any-return]
-
-    return predict
 
 
 def _limiter(repeats: int, redis_port: int | None) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def count_rows(app: FastAPI) -> int:
 def metric(app: FastAPI, name: str) -> float:
     registry = app.state.metrics.registry
     return sum(
-        sample.value
+        float(sample.value)
         for family in registry.collect()
         for sample in family.samples
         if sample.name == name

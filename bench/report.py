@@ -522,20 +522,19 @@ def _components_section(components: dict[str, Any] | None) -> list[str]:
     )
     row("model v1 scikit-learn `predict`, 1 row", model.get("estimator_predict_1_row_us"))
     for name, part in model.get("parts", {}).items():
-        row(f"part `{name}` ({part['inner']}), 1 row, as served", part.get("predict_1_row_us"))
+        served = "compiled plan" if part.get("compiled") else "scikit-learn"
+        difference = part.get("max_relative_difference_on_probe_rows")
+        agreement = "" if difference is None else f"; at most {difference:.1e} from scikit-learn"
         row(
-            f"part `{name}`: scikit-learn's `predict_stages` without input validation",
-            part.get("direct_predict_stages_1_row_us"),
+            f"part `{name}` ({part['inner']}), 1 row, as served ({served}{agreement})",
+            part.get("predict_1_row_us"),
         )
-        vec = part.get("vectorized_trees")
-        if vec:
-            row(
-                f"part `{name}`: all trees walked at once in NumPy, 1 row "
-                f"(identical answers on probe rows: {vec['identical_on_probe_rows']})",
-                vec["predict_1_row_us"],
-            )
-            row(f"part `{name}`: the same, 1000 rows", vec["predict_1000_rows_us"])
-            row(f"part `{name}`: scikit-learn, 1000 rows", vec["sklearn_predict_1000_rows_us"])
+        row(f"part `{name}`: the same, 1000 rows", part.get("predict_1000_rows_us"))
+        row(f"part `{name}`: scikit-learn's `predict`, 1 row", part.get("sklearn_predict_1_row_us"))
+        row(
+            f"part `{name}`: scikit-learn's `predict`, 1000 rows",
+            part.get("sklearn_predict_1000_rows_us"),
+        )
     limiter = components.get("limiter", {})
     for key, value in limiter.items():
         if key.endswith("_us"):
