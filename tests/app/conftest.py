@@ -13,24 +13,6 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.settings import Settings
 
-# Valid bodies, as a client sends them (counts as JSON integers).
-V1_HOUSE: dict[str, Any] = {
-    "lotsize": 5850,
-    "bedrooms": 3,
-    "bathrms": 1,
-    "stories": 2,
-    "garagepl": 1,
-}
-V2_HOUSE: dict[str, Any] = V1_HOUSE | {
-    "driveway": True,
-    "recroom": False,
-    "fullbase": True,
-    "gashw": False,
-    "airco": False,
-    "prefarea": False,
-}
-HOUSES = {"v1": V1_HOUSE, "v2": V2_HOUSE}
-
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -22,7 +22,8 @@ from app.routes.predict import _matrix
 from app.schemas import BatchV1, BatchV2, HouseV1, HouseV2
 from ml.artifacts import load_verified
 from ml.features import FEATURES
-from tests.app.conftest import HOUSES, V1_HOUSE, V2_HOUSE, open_client
+from tests.app.conftest import open_client
+from tests.support.houses import HOUSES, V1_HOUSE, V2_HOUSE
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import pytest
 
 from ml.artifacts import load_verified
 from ml.features import FEATURES
-from tests.app.conftest import HOUSES, V1_HOUSE, V2_HOUSE
+from tests.support.houses import HOUSES, V1_HOUSE, V2_HOUSE
 
 pytestmark = pytest.mark.anyio
 

@@ -19,18 +19,10 @@ from typing import Any
 import httpx
 
 from deploy.stack import Stack
+from tests.support.houses import V1_HOUSE, V2_HOUSE
 
 REPO = Path(__file__).resolve().parents[2]
-HOUSE_V1 = {"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
-HOUSE_V2 = {
-    **HOUSE_V1,
-    "driveway": True,
-    "recroom": False,
-    "fullbase": True,
-    "gashw": False,
-    "airco": False,
-    "prefarea": False,
-}
+HOUSE_V1, HOUSE_V2 = V1_HOUSE, V2_HOUSE
 SECURITY_HEADERS = {
     "strict-transport-security": "max-age=63072000; includeSubDomains",
     "x-content-type-options": "nosniff",

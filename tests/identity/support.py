@@ -12,13 +12,7 @@ import anyio
 import httpx
 from typer.testing import Result
 
-V1_HOUSE: dict[str, Any] = {
-    "lotsize": 5850,
-    "bedrooms": 3,
-    "bathrms": 1,
-    "stories": 2,
-    "garagepl": 1,
-}
+from tests.support.houses import V1_HOUSE
 
 # How long the contract gives every worker to refuse a revoked or disabled credential.
 REVOCATION_DEADLINE_SECONDS = 5.0

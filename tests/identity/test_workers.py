@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from app.settings import Settings
 from cli.main import app as cli_app
-from tests.identity.support import REVOCATION_DEADLINE_SECONDS, V1_HOUSE, bearer, cli_json
+from tests.identity.support import REVOCATION_DEADLINE_SECONDS, bearer, cli_json
+from tests.support.houses import V1_HOUSE
 
 STARTUP_TIMEOUT_SECONDS = 90.0  # generous: a loaded CI box imports scikit-learn slowly
 STOP_TIMEOUT_SECONDS = 10.0

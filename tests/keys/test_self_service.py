@@ -16,10 +16,11 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.anyio
 
-HOUSE = {"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
+HOUSE = V1_HOUSE
 MANAGE = "predict keys:manage"
 
 

@@ -13,8 +13,9 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.houses import V1_HOUSE
 
-HOUSE = {"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
+HOUSE = V1_HOUSE
 PROXY = "127.0.0.1"  # FORWARDED_ALLOW_IPS in these tests: the Nginx host
 OUTSIDER = "198.51.100.20"
 

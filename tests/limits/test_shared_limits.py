@@ -28,11 +28,12 @@ from tests.support.app_server import (
     running_apps,
     spawn_app,
 )
+from tests.support.houses import V1_HOUSE
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.slow
 
-HOUSE = {"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
+HOUSE = V1_HOUSE
 LIMIT = 7
 REQUESTS = 12
 UNSET_REDIS_WARNING = "REDIS_URL is unset"

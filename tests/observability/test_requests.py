@@ -15,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.main import create_app
 from app.observability.logs import REDACTED, JsonFormatter
 from app.settings import Settings
+from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.anyio
 
-HOUSE = {"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
+HOUSE = V1_HOUSE
 
 
 @pytest.fixture

@@ -22,23 +22,6 @@ from app.main import create_app
 from app.operations.predictionlog import make_log_engine
 from app.settings import Settings
 
-V1_HOUSE: dict[str, Any] = {
-    "lotsize": 5850,
-    "bedrooms": 3,
-    "bathrms": 1,
-    "stories": 2,
-    "garagepl": 1,
-}
-V2_HOUSE: dict[str, Any] = {
-    **V1_HOUSE,
-    "driveway": True,
-    "recroom": False,
-    "fullbase": True,
-    "gashw": False,
-    "airco": False,
-    "prefarea": False,
-}
-
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner, Result
 
 from app.settings import Settings
 from cli.main import app as cli_app
-from tests.operations.conftest import V1_HOUSE, V2_HOUSE, flush, http
+from tests.operations.conftest import flush, http
+from tests.support.houses import V1_HOUSE, V2_HOUSE
 
 pytestmark = pytest.mark.anyio
 

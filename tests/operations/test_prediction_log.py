@@ -26,7 +26,8 @@ from app.operations.predictionlog import (
 from app.settings import Settings
 from auth.db import upgrade_schema
 from ml.artifacts import LoadedModel, load_verified
-from tests.operations.conftest import V1_HOUSE, V2_HOUSE, flush, http, wait_until
+from tests.operations.conftest import flush, http, wait_until
+from tests.support.houses import V1_HOUSE, V2_HOUSE
 
 pytestmark = pytest.mark.anyio
 

@@ -12,13 +12,14 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.operations.conftest import V1_HOUSE, V2_HOUSE, api_key, http
+from tests.operations.conftest import api_key, http
 from tests.operations.support import (
     claim_other_libraries,
     corrupt_model,
     remove_manifest,
     republish,
 )
+from tests.support.houses import V1_HOUSE, V2_HOUSE
 
 pytestmark = pytest.mark.anyio
 

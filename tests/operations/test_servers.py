@@ -23,9 +23,10 @@ from sqlalchemy import Engine, func, select
 from app.identity import open_store
 from app.operations.predictionlog import TABLE, iter_predictions, make_log_engine, query, stream
 from app.settings import Settings
-from tests.operations.conftest import V1_HOUSE, wait_until
+from tests.operations.conftest import wait_until
 from tests.operations.support import republish
 from tests.support.app_server import HOST, app_env, running_app
+from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.slow
 

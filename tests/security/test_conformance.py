@@ -15,10 +15,11 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from tests.security.conftest import ALL_SCOPES_TEXT, security_settings
+from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.anyio
 
-HOUSE = {"lotsize": 5850, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
+HOUSE = V1_HOUSE
 
 
 @pytest.fixture(scope="module")
