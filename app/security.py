@@ -1,25 +1,24 @@
-"""Who is calling, with what scopes: one authenticator, one alias per permission.
+"""Who is calling, with what scopes: the one authenticator behind ``app.deps``' aliases.
 
-An endpoint without one of these aliases is public, which keeps the public
-surface easy to audit. Every credential a request presents must be valid: a bad
+Every credential a request presents must be valid: a bad
 ``Authorization`` header is refused even beside a valid ``X-API-Key``, and the
 reverse. When both are valid the bearer token's principal is used.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
 from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
-from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError, TooManyRequests
-from app.limits import FailureThrottle, client_ip
+from app.limits import client_ip
+from app.single_flight import SingleFlight
+from app.state import services
 from auth import scopes as S
 from auth.principal import Principal
 from auth.verifier import CredentialRejected, CredentialVerifier, StoreNeeded
@@ -71,41 +70,13 @@ class InsufficientScope(ApiError):
 
 
 async def get_verifier(request: Request) -> CredentialVerifier:
-    verifier: CredentialVerifier = request.app.state.verifier
-    return verifier
+    return services(request).verifier
 
 
 def _repeated_credential(request: Request) -> bool:
     """A credential header sent twice: the second could hide behind a valid first one."""
     headers = request.headers
     return len(headers.getlist("authorization")) > 1 or len(headers.getlist("x-api-key")) > 1
-
-
-class SingleFlight:
-    """One store read at a time per credential.
-
-    When a credential's cache entry expires, every request presenting it at that moment
-    needs the store; without this, 32 concurrent requests of one client made 32 reads
-    (each with a thread hand-off) every refresh interval. They now share the first
-    one's answer, or its refusal: the credential is the same.
-    """
-
-    def __init__(self) -> None:
-        self._inflight: dict[str, asyncio.Task[Principal]] = {}
-
-    async def run(self, key: str, read: Callable[[], Principal]) -> Principal:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(run_in_threadpool(read))
-            self._inflight[key] = task
-            task.add_done_callback(partial(self._done, key))
-        # Shielded: a caller that goes away does not cancel the others' answer.
-        return await asyncio.shield(task)
-
-    def _done(self, key: str, task: asyncio.Task[Principal]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved, even if every waiter went away
 
 
 async def _verified(
@@ -140,8 +111,8 @@ async def authenticate(
     moves to a worker thread. Each thread hand-off costs more than the check itself.
     """
     ip = client_ip(request)
-    throttle: FailureThrottle = request.app.state.auth_throttle
-    flights: SingleFlight = request.app.state.credential_reads
+    built = services(request)
+    throttle, flights = built.auth_throttle, built.credential_reads
     if api_key is not None or authorization is not None:
         # Failed authentications count against the address, never against the key
         # or client they named, so nobody can lock a partner out by guessing.
@@ -179,10 +150,3 @@ async def authenticate(
         request.state.auth_failure = "insufficient_scope"
         raise InsufficientScope(needed)
     return principal
-
-
-Predictor = Annotated[Principal, Security(authenticate, scopes=[S.PREDICT])]
-ModelReader = Annotated[Principal, Security(authenticate, scopes=[S.MODELS_READ, S.PREDICT])]
-MetricsReader = Annotated[Principal, Security(authenticate, scopes=[S.METRICS])]
-KeyManager = Annotated[Principal, Security(authenticate, scopes=[S.KEYS_MANAGE])]
-Authenticated = Annotated[Principal, Security(authenticate)]

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=MIB, ge=1024)
     forwarded_allow_ips: str = "127.0.0.1"
 
-    # Prediction log (app.operations.predictionlog): every prediction, written in batches
+    # Prediction log (monitoring.predictionlog): every prediction, written in batches
     # by a background thread; past the queue's capacity new ones are dropped and counted.
     prediction_log_enabled: bool = True
     prediction_log_retention_days: int = Field(default=30, ge=1, le=3650)

@@ -1,20 +1,18 @@
 """The credential store's tables (SQLAlchemy 2 typed ORM).
 
 These classes stay inside ``auth.store``: callers get frozen records, never ORM rows
-or hashes. ``auth/migrations`` must match this file; a test compares them.
+or hashes. ``migrations/`` must match this file; a test compares them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    DateTime,
-    Dialect,
     ForeignKey,
     Integer,
     MetaData,
@@ -23,43 +21,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-# Named constraints, so migrations can refer to them on every backend.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in Python on every backend.
-
-    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so we write naive UTC
-    (which sorts correctly as text) and put the UTC tzinfo back on read. Naive input is
-    refused: it is always a bug (local time or a missing ``tz=UTC``).
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the credential store; use tz=UTC")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+from db.types import NAMING_CONVENTION, UTCDateTime
 
 
 class Base(DeclarativeBase):

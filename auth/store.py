@@ -22,7 +22,6 @@ from sqlalchemy import Engine, delete, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from auth.db import make_session_factory
 from auth.errors import DuplicateError, InvalidValueError
 from auth.models import ApiKey, AuditEvent, Client, RevokedToken, User
 from auth.passwords import PasswordHasher, check_password_policy, default_hasher
@@ -39,6 +38,7 @@ from auth.secrets import (
     parse_api_key,
     verify_secret,
 )
+from db.engine import make_session_factory
 
 ScopesArg = str | Iterable[str]
 

@@ -42,18 +42,19 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from app.main import create_app
-from app.observability.metrics import Metrics
-from app.operations.predictionlog import (
-    TABLE,
+from app.schemas import HouseV1
+from app.settings import Settings
+from db.engine import make_engine
+from migrations import upgrade_schema
+from ml.artifacts import load_verified
+from monitoring.metrics import Metrics
+from monitoring.models import TABLE
+from monitoring.predictionlog import (
     PredictionBatch,
     PredictionLogWriter,
     feature_columns,
     make_log_engine,
 )
-from app.schemas import HouseV1
-from app.settings import Settings
-from auth.db import make_engine, upgrade_schema
-from ml.artifacts import load_verified
 
 BUDGET = 0.10  # the log may cost at most 10% of throughput
 HOUSE = {"lotsize": 5850.0, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
@@ -98,7 +99,7 @@ async def drive(
 
         start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(caller(start + seconds) for _ in range(concurrency)))
-        writer = app.state.prediction_log
+        writer = app.state.services.prediction_log
         if writer is not None:
             assert await asyncio.to_thread(writer.flush, 60.0), "the log did not drain"
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -106,7 +107,7 @@ async def drive(
 
 
 def count_rows(app: FastAPI) -> int:
-    engine = make_engine(app.state.settings.database_url)
+    engine = make_engine(app.state.services.settings.database_url)
     try:
         with engine.connect() as connection:
             total = select(func.coalesce(func.sum(TABLE.c.batch_size), 0))
@@ -116,7 +117,7 @@ def count_rows(app: FastAPI) -> int:
 
 
 def metric(app: FastAPI, name: str) -> float:
-    registry = app.state.metrics.registry
+    registry = app.state.services.metrics.registry
     return sum(
         float(sample.value)
         for family in registry.collect()
@@ -166,7 +167,7 @@ async def run(model_dir: Path, rounds: int, seconds: float, concurrency: int) ->
             keys = {}
             for name, app in apps.items():
                 await stack.enter_async_context(app.router.lifespan_context(app))
-                keys[name] = app.state.store.create_api_key("bench", "predict")[1]
+                keys[name] = app.state.services.store.create_api_key("bench", "predict")[1]
             for name, app in apps.items():  # warm up: first requests pay for imports
                 await drive(app, keys[name], "single v1", 0.5, concurrency)
             # Three apps share this process: freeze what they hold, so that a full garbage

@@ -61,6 +61,7 @@ from pydantic import BaseModel
 
 from bench import components, profiling, report, servers
 from bench.predict_path import per_call_us
+from deploy.processes import HOST, ServerFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "bench" / "wrk" / "post_json.lua"
@@ -113,7 +114,8 @@ def log(message: str) -> None:
 # --- environment and credentials --------------------------------------------------
 
 
-SOURCE_PACKAGES = ("app", "auth", "ml", "cli", "bench", "data")
+PRODUCT_PACKAGES = ("app", "auth", "cli", "db", "migrations", "ml", "monitoring")
+SOURCE_PACKAGES = (*PRODUCT_PACKAGES, "bench", "deploy", "data")
 
 
 def snapshot_source(target: Path) -> Path:
@@ -129,7 +131,7 @@ def snapshot_source(target: Path) -> Path:
             ignore=shutil.ignore_patterns("__pycache__", "results", "*.pyc"),
         )
     sys.path.insert(0, str(target))
-    for module in [m for m in sys.modules if m.split(".")[0] in ("app", "auth", "ml", "cli")]:
+    for module in [m for m in sys.modules if m.split(".")[0] in PRODUCT_PACKAGES]:
         del sys.modules[module]  # anything imported before the copy existed
     return target
 
@@ -168,7 +170,7 @@ def cli(env: Mapping[str, str], cwd: Path, *args: str) -> str:
         check=False,
     )
     if result.returncode != 0:
-        raise servers.ServerFailed(f"housing-api {args[0]} failed:\n{result.stderr}")
+        raise ServerFailed(f"housing-api {args[0]} failed:\n{result.stderr}")
     return result.stdout
 
 
@@ -426,7 +428,7 @@ def redis_commands(
     started = threading.Event()
 
     def watch() -> None:
-        conn = redis_client.Redis(host=servers.HOST, port=redis_port, socket_timeout=30)
+        conn = redis_client.Redis(host=HOST, port=redis_port, socket_timeout=30)
         with conn.monitor() as monitor:  # type: ignore[no-untyped-call]
             started.set()
             for command in monitor.listen():
@@ -438,7 +440,7 @@ def redis_commands(
     watcher.start()
     started.wait(10)
     time.sleep(0.3)
-    control = redis_client.Redis(host=servers.HOST, port=redis_port)
+    control = redis_client.Redis(host=HOST, port=redis_port)
     ours = str(control.client_info().get("addr", ""))
     before = control.info("commandstats")
     control.echo("bench-monitor-start")
@@ -609,7 +611,7 @@ def phase(
     bodies: Mapping[str, Path],
     redis: servers.Process,
 ) -> dict[str, Any]:
-    processes = build_servers(work, env, workers, f"redis://{servers.HOST}:{redis.port}/0")
+    processes = build_servers(work, env, workers, f"redis://{HOST}:{redis.port}/0")
     runs: list[dict[str, Any]] = []
     batches: list[dict[str, Any]] = []
     out: dict[str, Any] = {"workers": workers, "runs": runs, "batches": batches}
@@ -747,9 +749,7 @@ def environment() -> dict[str, Any]:
 
     return {
         "git_commit": git("rev-parse", "--short", "HEAD"),
-        "git_dirty_files": len(
-            git("status", "--porcelain", "--", "app", "auth", "ml", "cli").splitlines()
-        ),
+        "git_dirty_files": len(git("status", "--porcelain", "--", *PRODUCT_PACKAGES).splitlines()),
         "prediction_log_setting": "prediction_log_enabled" in Settings.model_fields,
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -831,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             try:
                 results["phases"].append(phase(workers, args, work, env, creds, bodies, redis))
-            except (servers.ServerFailed, RuntimeError, httpx.HTTPError) as exc:
+            except (ServerFailed, RuntimeError, httpx.HTTPError) as exc:
                 log(f"workers={workers} failed: {str(exc)[-2000:]}")
                 results.setdefault("failures", []).append(
                     {"workers": workers, "error": str(exc)[-4000:]}
@@ -858,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
                     concurrency=concurrency,
                 )
             except (
-                servers.ServerFailed,
+                ServerFailed,
                 RuntimeError,
                 httpx.HTTPError,
                 OSError,

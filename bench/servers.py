@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,22 +25,12 @@ from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"
+from deploy.processes import HOST, ServerFailed, free_port, stop_group
+
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 25.0  # gunicorn's --graceful-timeout is 20 s
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class ServerFailed(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def children(pid: int) -> list[int]:
@@ -151,24 +139,9 @@ class Process:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """SIGTERM to our PID and wait; SIGKILL, PID by PID, whatever of ours lingers."""
-        popen = self.popen
-        if popen is None:
-            return
-        workers = children(popen.pid) if popen.poll() is None else []
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(popen.pid, signal.SIGKILL)
-                popen.wait(timeout=STOP_TIMEOUT_S)
-        for pid in workers:  # gunicorn stops its workers; this is only a safety net
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if Path(f"/proc/{pid}").exists() and os.getsid(pid) == popen.pid:
-                    os.kill(pid, signal.SIGKILL)
+        """SIGTERM by PID and wait; SIGKILL its process group if anything lingers."""
+        if self.popen is not None:
+            stop_group(self.popen, STOP_TIMEOUT_S)
         self.popen = None
 
 

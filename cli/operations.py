@@ -14,7 +14,7 @@ import typer
 from sqlalchemy import Engine
 
 from app.settings import Settings
-from auth.errors import ConfigError
+from db.engine import UnsupportedDatabaseError
 from ml.features import MODEL_VERSIONS
 
 
@@ -79,12 +79,12 @@ def _version(text: str | None) -> str | None:
 @contextmanager
 def _database(settings: Settings) -> Iterator[Engine]:
     """The service's database, its schema created or migrated first."""
-    from app.operations.predictionlog import make_log_engine
-    from auth.db import upgrade_schema
+    from migrations import upgrade_schema
+    from monitoring.predictionlog import make_log_engine
 
     try:
         engine = make_log_engine(settings.database_url)
-    except ConfigError as exc:
+    except UnsupportedDatabaseError as exc:
         raise _fail(str(exc)) from None
     try:
         upgrade_schema(engine)
@@ -101,7 +101,7 @@ def export(
     version: VersionOpt = None,
 ) -> None:
     """Write logged predictions (inputs, answer, model, caller, request id, time) to a file."""
-    from app.operations.export import export_predictions
+    from monitoring.export import export_predictions
 
     start, only = _since(since), _version(version)
     with _database(Settings()) as engine:
@@ -127,7 +127,7 @@ def drift(
     every version with logged predictions. PSI < 0.1 stable, 0.1-0.25 moderate, > 0.25
     significant.
     """
-    from app.operations.drift import (
+    from monitoring.drift import (
         THRESHOLDS,
         DriftError,
         compare,

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from deploy.processes import HOST, StackError, find_binary
+from deploy.processes import HOST, ServerFailed, find_binary
 
 NGINX_DIR = Path(__file__).resolve().parent / "nginx"
 NGINX_INCLUDES = ("tls.conf", "proxy.conf", "security_headers.conf")
@@ -34,7 +34,7 @@ def render(template: str, values: Mapping[str, str]) -> str:
     """Fill every ``${NAME}``; a missing value is an error, never an empty string."""
     missing = placeholders(template) - values.keys()
     if missing:
-        raise StackError(f"no value for {', '.join(sorted(missing))}")
+        raise ServerFailed(f"no value for {', '.join(sorted(missing))}")
     return PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
@@ -102,5 +102,5 @@ def prepare_nginx(
         argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
     check = subprocess.run([*argv, "-t", "-q"], capture_output=True, text=True, check=False)  # noqa: S603
     if check.returncode != 0:
-        raise StackError(f"nginx rejected the rendered config {conf}:\n{check.stderr}")
+        raise ServerFailed(f"nginx rejected the rendered config {conf}:\n{check.stderr}")
     return argv

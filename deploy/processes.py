@@ -1,6 +1,9 @@
-"""Processes the stack starts and stops: each in a session of its own, known by PID
-and kernel start time, so that stopping one never hits a recycled PID, and a server's
-workers (its process group) go with it."""
+"""Starting and stopping local server processes, written once for the stack, the
+benchmark and the tests: free loopback ports, the start-failure error, and stopping a
+process (and its workers, its process group) by PID.
+
+Each process runs in a session of its own, known by PID and kernel start time, so
+that stopping one never hits a recycled PID, and a server's workers go with it."""
 
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0  # gunicorn's --graceful-timeout is 20 s
 
 
-class StackError(RuntimeError):
-    pass
+class ServerFailed(RuntimeError):
+    """A process we started did not come up, or exited; the message carries its log."""
 
 
 def free_port() -> int:
@@ -33,6 +36,35 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process of group ``pgid`` left (zombies included: not yet reaped)?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(popen: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the session leader ``popen`` (started with ``start_new_session``) and
+    wait for a graceful exit; SIGKILL its process group if anything lingers."""
+    pid = popen.pid  # also the process group id
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=timeout)
+    deadline = time.monotonic() + 5.0
+    while group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if group_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    popen.wait(timeout=timeout)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -175,9 +207,9 @@ def wait_for(proc: Proc, ready: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not ready():
         if not proc.alive():
-            raise StackError(f"{proc.name} exited while starting:\n{tail(proc.log)}")
+            raise ServerFailed(f"{proc.name} exited while starting:\n{tail(proc.log)}")
         if time.monotonic() > deadline:
-            raise StackError(
+            raise ServerFailed(
                 f"{proc.name}: {what} not ready in {START_TIMEOUT_S}s:\n{tail(proc.log)}"
             )
         time.sleep(0.1)
@@ -205,5 +237,5 @@ def find_binary(name: str, debian: str) -> str:
         return debian
     found = shutil.which(name)
     if found is None:
-        raise StackError(f"{name} not found (run `make system-deps`)")
+        raise ServerFailed(f"{name} not found (run `make system-deps`)")
     return found

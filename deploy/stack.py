@@ -46,7 +46,7 @@ from deploy.edge import prepare_nginx
 from deploy.processes import (
     HOST,
     Proc,
-    StackError,
+    ServerFailed,
     find_binary,
     free_port,
     http_ok,
@@ -70,7 +70,7 @@ STACK_SETTINGS = (
 )
 
 
-__all__ = ["Stack", "StackConfig", "StackError", "start_stack"]
+__all__ = ["ServerFailed", "Stack", "StackConfig", "start_stack"]
 
 
 @dataclass
@@ -282,7 +282,7 @@ def start_stack(config: StackConfig) -> Stack:
     if (root / "stack.json").exists():
         previous = Stack.load(root)
         if previous.running():
-            raise StackError(f"a stack is already running from {root}: stop it first")
+            raise ServerFailed(f"a stack is already running from {root}: stop it first")
         previous.stop()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -343,7 +343,7 @@ def _start(stack: Stack, config: StackConfig, redis_port: int) -> None:
     # The schema is created before the replicas race to create it.
     created = stack.cli("clients", "list")
     if created.returncode != 0:
-        raise StackError(f"housing-api failed against the stack's settings:\n{created.stderr}")
+        raise ServerFailed(f"housing-api failed against the stack's settings:\n{created.stderr}")
 
     for index in range(config.replicas):
         (root / stack.replica_names[index]).mkdir()
@@ -419,7 +419,7 @@ def _up(args: argparse.Namespace) -> int:
     )
     try:
         stack = start_stack(config)
-    except StackError as exc:
+    except ServerFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     scopes = "predict models:read"

@@ -26,8 +26,8 @@ from sklearn.model_selection import KFold
 from ml.artifacts import library_versions, save_artifacts
 from ml.candidates import BASELINE, CANDIDATES, Candidate
 from ml.dataset import Dataset, DatasetError, FloatArray, load_dataset, observed_ranges
-from ml.drift import QUANTILE_BINS, reference_histogram
 from ml.features import FEATURES, MODEL_VERSIONS, TARGET, ModelVersion, allowed_range
+from ml.histograms import QUANTILE_BINS, reference_histogram
 
 SELECTION_RULE = (
     "lowest mean out-of-fold MAE over the same shuffled K folds; ties go to the earlier "
@@ -37,7 +37,7 @@ SELECTION_RULE = (
 BINNING_RULE = (
     f"bool: two bins (0, 1); int: one bin per whole value; float and prediction: "
     f"{QUANTILE_BINS} equal-mass bins of the training rows. Outer bins are open: values "
-    "beyond the edges count in the first or last bin (ml.drift.bin_counts)."
+    "beyond the edges count in the first or last bin (ml.histograms.bin_counts)."
 )
 
 

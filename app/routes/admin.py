@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, Security
+from fastapi import APIRouter, Request, Response
 
+from app.deps import Admin, ReloaderDep
 from app.errors import ApiError
 from app.limits import QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
-from app.operations.reload import ModelReloader, ReloadFailed
+from app.reload import ReloadFailed
 from app.schemas import ModelReload, ReloadedModel
-from app.security import authenticate
 from app.settings import Settings
-from auth.scopes import ADMIN
 
 
 class ModelReloadRefused(ApiError):
@@ -21,7 +20,6 @@ class ModelReloadRefused(ApiError):
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["operations"],
-        dependencies=[Security(authenticate, scopes=[ADMIN])],
         responses=problems(401, 403, 409, 429),
     )
     quota = limiter.shared_limit(predict_limit(settings), scope="admin", key_func=caller_key)
@@ -37,8 +35,9 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         ),
     )
     @quota
-    async def reload_models(request: Request, response: Response) -> ModelReload:
-        reloader: ModelReloader = request.app.state.model_reloader
+    async def reload_models(
+        request: Request, response: Response, _: Admin, reloader: ReloaderDep
+    ) -> ModelReload:
         try:
             outcome = await reloader.reload(source="admin endpoint")
         except ReloadFailed as exc:

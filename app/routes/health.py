@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.openapi import problems
 from app.schemas import Health, Readiness
-
-ReadinessCheck = Callable[[], Awaitable[bool]]
+from app.state import services
 
 router = APIRouter(tags=["health"])
 
@@ -30,7 +27,7 @@ async def healthz() -> Health:
     },
 )
 async def readyz(request: Request) -> JSONResponse:
-    checks: dict[str, ReadinessCheck] = request.app.state.readiness_checks
+    checks = services(request).readiness_checks
     results: dict[str, str] = {}
     for name, check in checks.items():
         try:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+
+from app.deps import SigningKeysDep
 
 router = APIRouter(tags=["oauth"])
 
 
 @router.get("/.well-known/jwks.json", summary="Public signing keys (empty for HS256)")
-async def jwks(request: Request) -> JSONResponse:
-    body: dict[str, Any] = request.app.state.signing_keys.jwks()
-    return JSONResponse(body, headers={"Cache-Control": "public, max-age=300"})
+async def jwks(keys: SigningKeysDep) -> JSONResponse:
+    return JSONResponse(keys.jwks(), headers={"Cache-Control": "public, max-age=300"})

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import SettingsDep, require_json
+from app.deps import KeyManager, SettingsDep, StoreDep, require_json
 from app.errors import ApiError, NotFound
 from app.limits import QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
 from app.schemas import StrictModel, whole_number
-from app.security import KeyManager
 from app.settings import Settings
 from auth.principal import Principal
 from auth.scopes import ADMIN, UnknownScopeError, format_scopes, parse_scopes
@@ -84,14 +82,6 @@ class RotateKey(StrictModel):
     @classmethod
     def _whole_seconds(cls, value: object) -> object:
         return whole_number(value)
-
-
-def _store(request: Request) -> CredentialStore:
-    store: CredentialStore = request.app.state.store
-    return store
-
-
-StoreDep = Annotated[CredentialStore, Depends(_store)]
 
 
 def _owner(principal: Principal, store: CredentialStore) -> str | None:

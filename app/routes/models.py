@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, Security
+from fastapi import APIRouter, Request, Response
 
-from app.deps import ModelsDep
+from app.deps import ModelReader, ModelsDep
 from app.limits import QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
 from app.schemas import FeatureInfo, ModelInfo
-from app.security import authenticate
 from app.settings import Settings
-from auth.scopes import MODELS_READ, PREDICT
 from ml.artifacts import LoadedModel
 
 
@@ -33,20 +31,22 @@ def _info(model: LoadedModel) -> ModelInfo:
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["models"],
-        # Either scope is enough: a caller allowed to predict may see what answers it.
-        dependencies=[Security(authenticate, scopes=[MODELS_READ, PREDICT])],
         responses=problems(401, 403, 429),
     )
     quota = limiter.shared_limit(predict_limit(settings), scope="metadata", key_func=caller_key)
 
     @router.get("/v1/model", summary="Metadata of the v1 model")
     @quota
-    def model_v1(request: Request, response: Response, models: ModelsDep) -> ModelInfo:
+    def model_v1(
+        request: Request, response: Response, _: ModelReader, models: ModelsDep
+    ) -> ModelInfo:
         return _info(models["v1"])
 
     @router.get("/v2/model", summary="Metadata of the v2 model")
     @quota
-    def model_v2(request: Request, response: Response, models: ModelsDep) -> ModelInfo:
+    def model_v2(
+        request: Request, response: Response, _: ModelReader, models: ModelsDep
+    ) -> ModelInfo:
         return _info(models["v2"])
 
     return router

@@ -23,6 +23,7 @@ from app.deps import SettingsDep
 from app.limits import FailureThrottle, QuotaLimiter, client_ip
 from app.openapi import problems
 from app.settings import Settings
+from app.state import services
 from auth.errors import PasswordCheckBusy
 from auth.jwt_keys import SigningKeys
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
@@ -167,8 +168,7 @@ async def _throttled(throttle: FailureThrottle, name: str) -> None:
 async def _authenticate_client(
     request: Request, credentials: ClientCredentials, ip: str | None
 ) -> ClientRecord:
-    store: CredentialStore = request.app.state.store
-    throttle: FailureThrottle = request.app.state.token_throttle
+    store, throttle = services(request).store, services(request).token_throttle
     name = f"client:{credentials.client_id[:200]}"
     await _throttled(throttle, name)
     client = await run_in_threadpool(
@@ -266,8 +266,8 @@ TOKEN_RESPONSE_SCHEMA: dict[str, Any] = {
 
 
 def _state(request: Request) -> tuple[CredentialStore, SigningKeys, CredentialVerifier]:
-    state = request.app.state
-    return state.store, state.signing_keys, state.verifier
+    built = services(request)
+    return built.store, built.signing_keys, built.verifier
 
 
 async def _issue(request: Request, settings: Settings) -> Response:
@@ -292,7 +292,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
         username, password = form.get("username"), form.get("password")
         if username is None or password is None:
             raise OAuthError("invalid_request", "username and password are required.")
-        throttle: FailureThrottle = request.app.state.token_throttle
+        throttle = services(request).token_throttle
         name = f"user:{username[:200]}"
         await _throttled(throttle, name)
         try:

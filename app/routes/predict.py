@@ -15,6 +15,7 @@ Redis: the hand-off itself, and the loop and the worker thread taking turns at t
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from itertools import chain
 from operator import attrgetter
@@ -22,11 +23,11 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request, Response, Security
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from app.deps import ModelsDep, SettingsDep, require_json
+from app.deps import PREDICTOR_FIRST, ModelsDep, SettingsDep, require_json
 from app.limits import (
     PREDICT_SCOPE,
     QuotaLimiter,
@@ -36,12 +37,17 @@ from app.limits import (
     predict_limit,
 )
 from app.openapi import problems
-from app.operations.runtime import record_predictions
 from app.schemas import BatchPrediction, BatchV1, BatchV2, HouseV1, HouseV2, Prediction
-from app.security import authenticate
 from app.settings import Settings
-from auth.scopes import PREDICT
+from app.state import services
 from ml.artifacts import LoadedModel
+from monitoring.logs import request_id_var
+from monitoring.predictionlog import (
+    FEATURE_KINDS,
+    PredictionBatch,
+    matrix_columns,
+    shadow_models,
+)
 
 
 class _OrjsonRequest(Request):
@@ -98,6 +104,35 @@ def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> tuple[np.ndarray,
     return X, prices
 
 
+def _record(request: Request, model: LoadedModel, X: np.ndarray, prices: list[float]) -> None:
+    """Hand a request's predictions to the prediction log (no I/O; never raises on a
+    full queue: those rows are dropped and counted).
+
+    ``X`` is the matrix ``model`` was given (rows in request order, columns
+    ``model.feature_names``): its columns are what is logged, with nothing converted
+    when the log is off. Shadow mode (SHADOW_MODE=true): every other model in service
+    whose features the request carries scores the same inputs in the writer thread,
+    off the answer's path, logged with ``shadow=true`` and the same request id.
+    """
+    built = services(request)
+    writer = built.prediction_log
+    if writer is None:
+        return
+    principal = getattr(request.state, "principal", None)
+    shadows = shadow_models(built.models, model) if built.settings.shadow_mode else ()
+    writer.submit(
+        PredictionBatch(
+            at=time.time(),
+            request_id=request_id_var.get(),
+            principal=principal.id if principal is not None else None,
+            model=model,
+            features=matrix_columns(X, model.feature_names, FEATURE_KINDS),
+            prices=prices,
+            shadows=shadows,
+        )
+    )
+
+
 def _note(request: Request, model: LoadedModel, rows: int) -> None:
     """What the request log and the prediction metrics report."""
     request.state.model_version = model.version
@@ -107,14 +142,14 @@ def _note(request: Request, model: LoadedModel, rows: int) -> None:
 def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
     X, [price] = _predict(model, [house])
     _note(request, model, 1)
-    record_predictions(request, model, X, [price])
+    _record(request, model, X, [price])
     return Prediction(predicted_price=price, model_version=model.version, model_sha256=model.sha256)
 
 
 def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
     X, prices = _predict(model, houses)
     _note(request, model, len(prices))
-    record_predictions(request, model, X, prices)
+    _record(request, model, X, prices)
     # Built, not validated: the prices are the float list made above (1000 floats
     # revalidated for nothing otherwise). FastAPI still serialises it as BatchPrediction.
     return BatchPrediction.model_construct(
@@ -162,7 +197,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         tags=["predict"],
         route_class=_OrjsonRoute,
         # Who is calling comes first: an anonymous caller learns nothing about the body.
-        dependencies=[Security(authenticate, scopes=[PREDICT]), Depends(require_json)],
+        dependencies=[PREDICTOR_FIRST, Depends(require_json)],
         responses=problems(401, 403, 408, 413, 415, 422, 429, 503),
     )
     # One budget per caller across every prediction route, v1 and v2 alike.

@@ -12,15 +12,14 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, Request, Response
 from limits import parse
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, func, select
 
+from app.deps import Authenticated, ServicesDep
 from app.limits import KEY_PREFIX, PREDICT_SCOPE, QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
-from app.operations.predictionlog import PredictionLogRow
-from app.security import Authenticated
 from app.settings import Settings
 from auth.principal import Principal
 from auth.store import CredentialStore
+from monitoring.usage import daily_usage
 
 DAYS = 30
 
@@ -56,34 +55,6 @@ def _identities(principal: Principal, store: CredentialStore) -> list[str]:
     return [f"api_key:{k.key_id}" for k in store.list_api_keys(record.owner)]
 
 
-def _daily(engine: Engine, identities: list[str], since: datetime) -> list[Day]:
-    day = func.date(PredictionLogRow.at)
-    query = (
-        select(
-            day,
-            PredictionLogRow.principal,
-            func.count(),
-            func.sum(PredictionLogRow.batch_size),
-        )
-        .where(
-            PredictionLogRow.principal.in_(identities),
-            PredictionLogRow.at >= since,
-            PredictionLogRow.shadow.is_(False),
-        )
-        .group_by(day, PredictionLogRow.principal)
-    )
-    days: dict[str, Day] = {}
-    with engine.connect() as connection:
-        for date, principal, requests, predictions in connection.execute(query):
-            entry = days.setdefault(
-                str(date), Day(date=str(date), requests=0, predictions=0, by_key={})
-            )
-            entry.requests += int(requests)
-            entry.predictions += int(predictions or 0)
-            entry.by_key[str(principal).split(":", 1)[-1]] = int(requests)
-    return sorted(days.values(), key=lambda d: d.date, reverse=True)
-
-
 def _quota(request: Request, limiter: QuotaLimiter, settings: Settings) -> Quota | None:
     key = caller_key(request)
     item = parse(predict_limit(settings)(key))
@@ -105,11 +76,15 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
 
     @router.get("/v1/usage", summary="The caller's request counts and remaining quota")
     @quota
-    def usage(request: Request, response: Response, caller: Authenticated) -> Usage:
-        store: CredentialStore = request.app.state.store
-        identities = _identities(caller, store)
+    def usage(
+        request: Request, response: Response, caller: Authenticated, built: ServicesDep
+    ) -> Usage:
+        identities = _identities(caller, built.store)
         since = datetime.now(UTC) - timedelta(days=DAYS)
-        days = _daily(request.app.state.prediction_log_engine, identities, since)
+        days = [
+            Day.model_validate(day, from_attributes=True)
+            for day in daily_usage(built.prediction_log_engine, identities, since)
+        ]
         return Usage(
             principal=caller.id,
             plan=caller.plan,

@@ -29,6 +29,6 @@ class NoThrottle:
 
 def build() -> FastAPI:
     app = build_ours()
-    app.state.limiter.enabled = False
-    app.state.auth_throttle = NoThrottle()
+    app.state.services.limiter.enabled = False
+    app.state.services.auth_throttle = NoThrottle()
     return app

@@ -16,12 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from app.main import create_app
-from app.operations.predictionlog import feature_columns, matrix_columns
-from app.operations.runtime import _KINDS
 from app.routes.predict import _matrix
 from app.schemas import BatchV1, BatchV2, HouseV1, HouseV2
 from ml.artifacts import load_verified
 from ml.features import FEATURES
+from monitoring.predictionlog import FEATURE_KINDS as _KINDS
+from monitoring.predictionlog import feature_columns, matrix_columns
 from tests.app.conftest import open_client
 from tests.support.houses import HOUSES, V1_HOUSE, V2_HOUSE
 

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from auth.db import make_engine, upgrade_schema
 from auth.passwords import PasswordHasher, VerifyGuard
 from auth.store import CredentialStore
+from db.engine import make_engine
+from migrations import upgrade_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

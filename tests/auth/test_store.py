@@ -16,9 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
 import auth.store
-from app.operations.predictionlog import PredictionLogBase
-from auth.db import alembic_config, make_engine, upgrade_schema
-from auth.errors import ConfigError, DuplicateError, InvalidValueError, PasswordPolicyError
+from auth.errors import DuplicateError, InvalidValueError, PasswordPolicyError
 from auth.models import ApiKey, Base, Client, User
 from auth.passwords import Argon2Params, PasswordHasher
 from auth.scopes import UnknownScopeError
@@ -32,6 +30,9 @@ from auth.store import (
     LockoutPolicy,
     UserRecord,
 )
+from db.engine import UnsupportedDatabaseError, make_engine
+from migrations import alembic_config, upgrade_schema
+from monitoring.models import PredictionLogBase
 
 PASSWORD = "correct horse battery"
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -122,7 +123,7 @@ def test_postgres_urls_use_psycopg() -> None:
 
 @pytest.mark.parametrize("url", ["mysql://u@h/db", "postgresql+asyncpg://u@h/db"])
 def test_unsupported_databases_are_a_config_error(url: str) -> None:
-    with pytest.raises(ConfigError, match="not supported"):
+    with pytest.raises(UnsupportedDatabaseError, match="not supported"):
         make_engine(url)
 
 

@@ -15,7 +15,7 @@ import pytest
 from app.settings import Settings
 from deploy.dev_ca import make_dev_certificates
 from deploy.edge import NGINX_INCLUDES, placeholders, render, upstream_servers
-from deploy.processes import StackError
+from deploy.processes import ServerFailed
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX = REPO / "deploy" / "nginx"
@@ -66,7 +66,7 @@ def test_every_placeholder_is_documented_and_required() -> None:
     header = TEMPLATE.split("\ndaemon off;", 1)[0]
     documented = set(re.findall(r"^#\s+([A-Z][A-Z0-9_]+)\s{2,}", header, re.MULTILINE))
     assert used == documented
-    with pytest.raises(StackError, match="no value for"):
+    with pytest.raises(ServerFailed, match="no value for"):
         render(TEMPLATE, {})
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import Stack, StackConfig, StackError, start_stack
+from deploy.processes import free_port
+from deploy.stack import ServerFailed, Stack, StackConfig, start_stack
 from tests.e2e.support import Credentials, Edge
-from tests.support.app_server import app_env, free_port
+from tests.support.app_server import app_env
 from tests.support.redis import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +55,7 @@ def edge(redis_server: RedisServer, trained_model_dir: Path) -> Iterator[Edge]:
     )
     try:
         stack = start_stack(config)
-    except StackError as exc:
+    except ServerFailed as exc:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"the stack did not start: {exc}", pytrace=False)
     try:

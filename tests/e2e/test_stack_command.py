@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.processes import Proc, group_members
+from deploy.processes import Proc, free_port, group_members
 from tests.e2e.support import HOUSE_V1
-from tests.support.app_server import app_env, free_port
+from tests.support.app_server import app_env
 
 pytestmark = pytest.mark.slow
 

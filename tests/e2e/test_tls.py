@@ -21,8 +21,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from deploy.processes import free_port
 from tests.e2e.support import Edge
-from tests.support.app_server import free_port
 
 pytestmark = pytest.mark.slow
 

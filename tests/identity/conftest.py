@@ -113,7 +113,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def store(app: FastAPI, client: httpx.AsyncClient) -> CredentialStore:
     """The running app's own credential store (its lifespan is open)."""
-    store: CredentialStore = app.state.store
+    store: CredentialStore = app.state.services.store
     return store
 
 

@@ -77,7 +77,7 @@ def foreign_keys(algorithm: str) -> SigningKeys:
 
 
 def app_keys(app: FastAPI) -> SigningKeys:
-    keys: SigningKeys = app.state.signing_keys
+    keys: SigningKeys = app.state.services.signing_keys
     return keys
 
 

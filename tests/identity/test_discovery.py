@@ -33,7 +33,7 @@ async def test_jwks_publishes_one_public_es256_key(
     keys: list[dict[str, Any]] = response.json()["keys"]
     assert len(keys) == 1
     [key] = keys
-    assert key["kid"] == app.state.signing_keys.kid
+    assert key["kid"] == app.state.services.signing_keys.kid
     assert {"kty": "EC", "crv": "P-256", "alg": "ES256"}.items() <= key.items()
     assert not PRIVATE_JWK_MEMBERS & key.keys()
     # A third party can check our tokens with nothing but the published key.

@@ -54,7 +54,7 @@ async def test_right_password_gets_a_user_token(
     assert body["scope"] == "predict"
     assert PASSWORD not in response.text
     claims = decode_access_token(
-        app.state.signing_keys,
+        app.state.services.signing_keys,
         body["access_token"],
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
@@ -148,7 +148,7 @@ async def test_hostile_usernames_are_merely_unknown(
         overrides["database_url"] = request.getfixturevalue("postgres_url")
     app = create_app(make_settings("HS256", **overrides))
     async for client in open_client(app):
-        app.state.store.create_user(USERNAME, PASSWORD, "predict")
+        app.state.services.store.create_user(USERNAME, PASSWORD, "predict")
         expected = await login(client, USERNAME, WRONG_PASSWORD)
         assert_oauth_error(expected, 400, "invalid_grant")
         for username in HOSTILE_USERNAMES:

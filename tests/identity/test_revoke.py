@@ -93,7 +93,7 @@ async def test_revoking_an_expired_token_is_200(
 ) -> None:
     client_id, secret = new_client("predict")
     expired = issue_access_token(
-        app.state.signing_keys,
+        app.state.services.signing_keys,
         subject=client_id,
         client_id=client_id,
         scopes=frozenset({"predict"}),

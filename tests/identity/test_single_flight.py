@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from app.security import SingleFlight
+from app.single_flight import SingleFlight
 from auth.principal import Principal
 
 pytestmark = pytest.mark.anyio

@@ -113,11 +113,11 @@ async def test_expires_in_is_the_configured_ttl(
     settings = make_settings(algorithm, access_token_ttl_seconds=123)
     app: FastAPI = create_app(settings)
     async for client in open_client(app):
-        client_id, secret = app.state.store.create_client("ttl", "predict")
+        client_id, secret = app.state.services.store.create_client("ttl", "predict")
         response = await request_token(client, client_id, secret)
         token = assert_token_answer(response, settings, "predict")
         claims = decode_access_token(
-            app.state.signing_keys,
+            app.state.services.signing_keys,
             token,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
@@ -132,7 +132,10 @@ async def test_requested_subset_of_scopes_is_granted(
     response = await request_token(client, client_id, secret, scope="models:read predict")
     token = assert_token_answer(response, settings, "models:read predict")
     claims = decode_access_token(
-        app.state.signing_keys, token, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        app.state.services.signing_keys,
+        token,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
     )
     assert claims.scopes == {"predict", "models:read"}
     assert claims.kind == "client"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,12 @@ from typer.testing import CliRunner
 
 from app.settings import Settings
 from cli.main import app as cli_app
+from deploy.processes import free_port
 from tests.identity.support import REVOCATION_DEADLINE_SECONDS, bearer, cli_json
 from tests.support.houses import V1_HOUSE
 
 STARTUP_TIMEOUT_SECONDS = 90.0  # generous: a loaded CI box imports scikit-learn slowly
 STOP_TIMEOUT_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def server_environment(tmp_path: Path, model_dir: Path) -> dict[str, str]:

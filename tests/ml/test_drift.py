@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.drift import bin_counts, population_stability_index, reference_edges, reference_histogram
+from ml.histograms import (
+    bin_counts,
+    population_stability_index,
+    reference_edges,
+    reference_histogram,
+)
 
 
 def test_edges_by_kind() -> None:

@@ -158,7 +158,7 @@ app = create_app(settings)
 
 async def serve() -> list[float]:
     async with app.router.lifespan_context(app):
-        model = app.state.models["v1"]
+        model = app.state.services.models["v1"]
         assert model.predict_path == "compiled"
         return model.predict(np.array([[5850.0, 3, 1, 2, 1]])).tolist()
 

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.observability.logs import REDACTED, JsonFormatter
 from app.settings import Settings
+from monitoring.logs import REDACTED, JsonFormatter
 from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +46,7 @@ def http(app: FastAPI, **headers: str) -> httpx.AsyncClient:
 
 
 def key(app: FastAPI, scopes: str) -> str:
-    return str(app.state.store.create_api_key("observability", scopes)[1])
+    return str(app.state.services.store.create_api_key("observability", scopes)[1])
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -133,7 +133,7 @@ async def test_metrics_need_the_metrics_scope(app: FastAPI) -> None:
 
 
 async def test_metrics_accept_a_bearer_token(app: FastAPI) -> None:
-    client_id, secret = app.state.store.create_client(None, "metrics")
+    client_id, secret = app.state.services.store.create_client(None, "metrics")
     async with http(app) as client:
         token = (
             await client.post(
@@ -172,7 +172,7 @@ async def test_metrics_count_requests_predictions_failures_and_limits(app: FastA
 
 def test_route_labels_use_templates_not_raw_paths() -> None:
     """Unknown paths share one label, so scanners cannot explode the series count."""
-    from app.observability.middleware import _route
+    from app.request_context import _route
 
     assert _route({"type": "http"}) == "unmatched"
     assert _route({"route": type("R", (), {"path": "/v1/predict"})()}) == "/v1/predict"

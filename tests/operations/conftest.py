@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from app.main import create_app
-from app.operations.predictionlog import make_log_engine
 from app.settings import Settings
+from monitoring.predictionlog import make_log_engine
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def http(app: FastAPI, **headers: str) -> httpx.AsyncClient:
 
 def api_key(app: FastAPI, scopes: str) -> dict[str, str]:
     """``X-API-Key`` headers for a new key with ``scopes`` in the running app's store."""
-    _key_id, key = app.state.store.create_api_key("operations-test", scopes)
+    _key_id, key = app.state.services.store.create_api_key("operations-test", scopes)
     return {"X-API-Key": key}
 
 
@@ -99,7 +99,7 @@ async def running(settings: Settings) -> AsyncIterator[FastAPI]:
 
 def flush(app: FastAPI) -> None:
     """Wait until the prediction log has written everything submitted so far."""
-    assert app.state.prediction_log.flush(timeout=10.0)
+    assert app.state.services.prediction_log.flush(timeout=10.0)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:

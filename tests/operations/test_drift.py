@@ -18,15 +18,15 @@ from typer.testing import CliRunner
 
 import ml.artifacts
 from app.main import create_app
-from app.observability.metrics import Metrics
-from app.operations import drift
-from app.operations.predictionlog import PredictionBatch, PredictionLogWriter
 from app.settings import Settings
-from auth.db import upgrade_schema
 from cli.main import app as cli_app
+from migrations import upgrade_schema
 from ml.artifacts import LoadedModel, load_verified
 from ml.dataset import load_dataset
 from ml.features import FEATURES, allowed_range
+from monitoring import drift
+from monitoring.metrics import Metrics
+from monitoring.predictionlog import PredictionBatch, PredictionLogWriter
 from tests.conftest import DATA_PATH
 from tests.operations.conftest import http
 
@@ -175,7 +175,7 @@ async def test_metrics_carry_a_drift_gauge_per_feature(
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]
     async with app.router.lifespan_context(app):
-        store = app.state.store
+        store = app.state.services.store
         async with http(
             app, **{"X-API-Key": store.create_api_key("p", "predict metrics")[1]}
         ) as client:

@@ -47,7 +47,7 @@ async def test_reloading_needs_the_admin_scope(running: FastAPI) -> None:
 
 
 async def test_a_reload_swaps_in_new_verified_artifacts(running: FastAPI, model_dir: Path) -> None:
-    old = {version: model.sha256 for version, model in running.state.models.items()}
+    old = {version: model.sha256 for version, model in running.state.services.models.items()}
     new_v1 = republish(model_dir, "v1", "release-2")
     async with http(running, **api_key(running, "admin predict metrics")) as client:
         answer = await client.post(RELOAD)
@@ -80,7 +80,7 @@ async def test_a_reload_swaps_in_new_verified_artifacts(running: FastAPI, model_
 async def test_a_failed_verification_keeps_every_model_in_service(
     running: FastAPI, model_dir: Path, damage: Callable[[Path, str], None]
 ) -> None:
-    serving = dict(running.state.models)
+    serving = dict(running.state.services.models)
     republish(model_dir, "v1", "release-2")  # v1 is fine...
     damage(model_dir, "v2")  # ...but v2 is not: nothing changes
     async with http(running, **api_key(running, "admin predict metrics")) as client:
@@ -96,7 +96,7 @@ async def test_a_failed_verification_keeps_every_model_in_service(
         assert str(model_dir) not in answer.text
         assert "Traceback" not in answer.text
 
-        assert running.state.models == serving
+        assert running.state.services.models == serving
         for version, house in (("v1", V1_HOUSE), ("v2", V2_HOUSE)):
             predicted = await client.post(f"/{version}/predict", json=house)
             assert predicted.status_code == 200
@@ -110,7 +110,7 @@ async def test_requests_during_reloads_all_succeed_on_one_model_or_the_other(
 ) -> None:
     """Requests resolve the models once, at their start, and finish on them: while the
     models are swapped back and forth, every answer is a 200 from the old or the new."""
-    shas = [running.state.models["v1"].sha256]
+    shas = [running.state.services.models["v1"].sha256]
     async with http(running, **api_key(running, "admin predict")) as client:
         reloading = True
 
@@ -137,17 +137,17 @@ async def test_requests_during_reloads_all_succeed_on_one_model_or_the_other(
     assert statuses == [200] * len(statuses)  # every request answered
     assert set(seen) <= set(shas)
     assert len(set(seen)) > 1  # the swaps happened while requests ran
-    assert running.state.models["v1"].sha256 == shas[-1]
+    assert running.state.services.models["v1"].sha256 == shas[-1]
 
 
 async def test_old_model_references_stay_usable_after_a_swap(
     running: FastAPI, model_dir: Path
 ) -> None:
-    before = running.state.models
+    before = running.state.services.models
     republish(model_dir, "v1", "release-2")
-    await running.state.model_reloader.reload(source="test")
-    assert running.state.models is not before
-    assert before["v1"].sha256 != running.state.models["v1"].sha256
+    await running.state.services.reloader.reload(source="test")
+    assert running.state.services.models is not before
+    assert before["v1"].sha256 != running.state.services.models["v1"].sha256
     # A request holding the old LoadedModel finishes on it.
     X = np.array([[float(V1_HOUSE[n]) for n in before["v1"].feature_names]])
     assert before["v1"].predict(X).shape == (1,)

@@ -21,8 +21,9 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from app.identity import open_store
-from app.operations.predictionlog import TABLE, iter_predictions, make_log_engine, query, stream
 from app.settings import Settings
+from monitoring.models import TABLE
+from monitoring.predictionlog import iter_predictions, make_log_engine, query, stream
 from tests.operations.conftest import wait_until
 from tests.operations.support import republish
 from tests.support.app_server import HOST, app_env, running_app

@@ -293,7 +293,7 @@ def http(security_app: FastAPI) -> Iterator[Http]:
 @pytest.fixture(scope="module")
 def genuine(security_app: FastAPI, http: Http) -> dict[str, str]:
     """A real API key, client and bearer token, all holding every scope."""
-    store = security_app.state.store
+    store = security_app.state.services.store
     _, api_key = store.create_api_key("property-tests", ALL_SCOPES_TEXT)
     client_id, secret = store.create_client("property-tests", ALL_SCOPES_TEXT)
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()

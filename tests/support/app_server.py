@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,24 +26,13 @@ from typing import Any
 import httpx
 
 from app.settings import Settings
+from deploy.processes import HOST, ServerFailed, free_port, stop_group
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 25.0  # gunicorn's --graceful-timeout is 20 s
 EXECUTABLE = Path(sys.executable).with_name("housing-api")
 # What uvicorn, and gunicorn, log first once ``serve`` hands over to them.
 SERVING_SIGNS = ("Started server process", "Starting gunicorn")
-
-
-class ServerFailed(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def app_env(values: Mapping[str, str]) -> dict[str, str]:
@@ -196,19 +183,7 @@ class AppServer:
 
     def stop(self) -> None:
         """SIGTERM the server by PID, wait; SIGKILL its process group if anything lingers."""
-        pid = self.process.pid  # also the process group id (start_new_session)
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-        deadline = time.monotonic() + 5.0
-        while _group_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _group_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        self.process.wait(timeout=STOP_TIMEOUT_S)
+        stop_group(self.process, STOP_TIMEOUT_S)
 
 
 def _accepted_socket_inode(server_port: int, client_port: int) -> str:
@@ -224,16 +199,6 @@ def _accepted_socket_inode(server_port: int, client_port: int) -> str:
 
 def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def spawn_app(root: Path, env: Mapping[str, str], *, workers: int = 1) -> AppServer:

@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from app.observability.logs import SECRET_PATTERNS
+from monitoring.logs import SECRET_PATTERNS
 
 _leaks: list[str] = []
 

@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+
+from deploy.processes import free_port
 
 MISSING_MESSAGE = (
     "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin "
@@ -50,13 +51,6 @@ def find_binaries() -> tuple[Path, Path]:
         raise PostgresUnavailable(MISSING_MESSAGE)
     _, initdb, postgres = max(candidates)
     return initdb, postgres
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PostgresServer:
@@ -168,7 +162,7 @@ def _start(prefix: list[str], postgres: Path, root: Path) -> PostgresServer:
     }
     options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
     for _attempt in range(3):  # another process may take the port between probe and bind
-        port = _free_port()
+        port = free_port()
         with (root / "postgres.log").open("wb") as log:
             process = subprocess.Popen(
                 [*prefix, str(postgres), "-D", str(root / "data"), "-p", str(port), *options],

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from deploy.processes import free_port
 
 MISSING_MESSAGE = (
     "redis-server not found at /usr/bin/redis-server or on PATH "
@@ -45,13 +46,6 @@ def find_binary() -> Path:
     if found is None:
         raise RedisUnavailable(MISSING_MESSAGE)
     return Path(found)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -150,7 +144,7 @@ def running_redis() -> Iterator[RedisServer]:
     root = Path(tempfile.mkdtemp(prefix="housing-redis-"))
     try:
         for _attempt in range(3):  # another process may take the port between probe and bind
-            server = RedisServer(binary, root, _free_port())
+            server = RedisServer(binary, root, free_port())
             try:
                 server.start()
             except RedisUnavailable:

@@ -1,12 +1,12 @@
 """Replacing the models in service without a restart (SIGHUP or POST /admin/models/reload).
 
 Every version is loaded and verified first (``ml.artifacts.load_verified``: manifest,
-sha256 of ``model.joblib``, library versions, fitted shape) in a worker thread; only
-if all pass is ``app.state.models`` replaced, by one attribute assignment, so a request
-sees the old dict or the new one, never a mix. A request already running keeps the
-``LoadedModel`` it resolved at its start and finishes on it. If anything fails, the
-models in service stay, and the reason goes to the server log (never to the caller:
-it names files and hashes).
+sha256 of ``model.joblib``, library versions, fitted shape) in a worker thread; only if
+all pass is the models dict in service (``Services.models``) replaced, by one attribute
+assignment, so a request sees the old dict or the new one, never a mix. A request
+already running keeps the ``LoadedModel`` it resolved at its start and finishes on it.
+If anything fails, the models in service stay, and the reason goes to the server log
+(never to the caller: it names files and hashes).
 
 Under gunicorn (``serve --workers N``) a request reaches one worker. Once the reload
 succeeded there, that worker sends SIGHUP to its sibling workers (the other children
@@ -27,12 +27,11 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from fastapi import FastAPI
-
-from app.observability.metrics import Metrics
 from ml.artifacts import ArtifactError, LoadedModel, load_verified
 from ml.features import MODEL_VERSIONS
+from monitoring.metrics import Metrics
 
 logger = logging.getLogger("app.models")
 
@@ -93,18 +92,24 @@ def under_gunicorn() -> bool:
     return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
 
 
+class ModelsInService(Protocol):
+    """Whatever holds the models requests read (``app.state.Services``)."""
+
+    models: dict[str, LoadedModel]
+
+
 class ModelReloader:
     """One reload at a time per process; a second caller waits and reloads after it."""
 
-    def __init__(self, app: FastAPI, model_dir: Path, metrics: Metrics) -> None:
-        self._app = app
+    def __init__(self, serving: ModelsInService, model_dir: Path, metrics: Metrics) -> None:
+        self._serving = serving
         self._model_dir = model_dir
         self._metrics = metrics
         self._lock = asyncio.Lock()
 
     async def reload(self, *, source: str) -> list[Reloaded]:
         async with self._lock:
-            old: dict[str, LoadedModel] = self._app.state.models
+            old: dict[str, LoadedModel] = self._serving.models
             try:
                 new = await asyncio.to_thread(load_verified_models, self._model_dir)
             except ReloadFailed as exc:
@@ -114,7 +119,7 @@ class ModelReloader:
                     extra={"source": source, "version": exc.version, "reason": exc.reason},
                 )
                 raise
-            self._app.state.models = new  # one assignment: atomic for every reader
+            self._serving.models = new  # one assignment: atomic for every reader
             publish_model_info(self._metrics, old, new)
             self._metrics.model_reloads.labels("ok").inc()
             outcome = [
@@ -138,7 +143,7 @@ class ModelReloader:
 
     def signal_other_workers(self) -> int:
         """Under gunicorn: SIGHUP to this worker's siblings, each of which then verifies
-        and swaps its models in place (see ``app.operations.runtime``). How many."""
+        and swaps its models in place (see ``app.lifespan``). How many."""
         if not under_gunicorn():
             return 0
         siblings = sibling_workers()

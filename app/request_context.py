@@ -12,8 +12,8 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability.logs import request_id_var
-from app.observability.metrics import Metrics
+from monitoring.logs import request_id_var
+from monitoring.metrics import Metrics
 
 logger = logging.getLogger("app.requests")
 

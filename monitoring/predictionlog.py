@@ -4,7 +4,7 @@ Off the request path. A request hands its predictions to
 :meth:`PredictionLogWriter.submit`: a lock, a list append and a counter; no I/O, no
 serialisation. A background thread wakes every ``flush_interval`` (or at once when
 ``flush_rows`` predictions wait), turns what waits into table rows (scoring shadow
-models, see ``app.operations.runtime``) and inserts them, one transaction per chunk.
+models, see ``app.lifespan``) and inserts them, one transaction per chunk.
 The queue is bounded in predictions: a request that would overflow it is never
 blocked; its predictions are dropped and counted in
 ``prediction_log_dropped_total{reason="queue_full"}``. Closing the writer (the app's
@@ -17,8 +17,8 @@ the log's cost within budget (``python -m bench.prediction_log``).
 prediction.
 
 The table lives in the service's database (``DATABASE_URL``, SQLite or PostgreSQL);
-its migration is ``auth/migrations/versions/0002_prediction_log.py`` because
-``auth.db.upgrade_schema`` runs every migration of that database. Rows older than
+its table is ``monitoring.models``, migrated with the rest of that database by
+``migrations/``. Rows older than
 the retention are purged by the same thread, at start and then hourly.
 """
 
@@ -31,80 +31,32 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
     Engine,
-    Index,
-    Integer,
-    MetaData,
     Select,
-    String,
-    Table,
     delete,
     event,
-    false,
     insert,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from auth.db import make_engine
-from auth.models import NAMING_CONVENTION, UTCDateTime
+from db.engine import make_engine
+from ml.features import FEATURES
+from monitoring.models import TABLE
 
 if TYPE_CHECKING:
-    from app.observability.metrics import Metrics
     from ml.artifacts import LoadedModel
+    from monitoring.metrics import Metrics
 
-logger = logging.getLogger("app.predictionlog")
+logger = logging.getLogger("monitoring.predictionlog")
 
 INSERT_CHUNK_ROWS = 500  # table rows (requests) per INSERT transaction
 PURGE_INTERVAL_S = 3600.0
 WRITE_RETRY_DELAY_S = 0.2
 DROP_WARNING_INTERVAL_S = 60.0
-
-
-class PredictionLogBase(DeclarativeBase):
-    """The prediction log's own metadata (the credential store has ``auth.models.Base``)."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class PredictionLogRow(PredictionLogBase):
-    """One request's predictions by one model: the answers, or a shadow model's.
-
-    Inputs and answers are stored column-wise, one JSON array per feature, so that a
-    1000-row batch costs one row to write rather than a thousand (see the module's
-    benchmark, ``bench/prediction_log.py``); ``iter_predictions`` and the export give
-    one record per prediction.
-    """
-
-    __tablename__ = "prediction_log"
-    __table_args__ = (Index("ix_prediction_log_model_version_at", "model_version", "at"),)
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    principal: Mapped[str | None] = mapped_column(String(255))
-    model_version: Mapped[str] = mapped_column(String(16))
-    model_sha256: Mapped[str] = mapped_column(String(64))
-    # True for a shadow model's predictions, which the caller never saw.
-    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # How many predictions: 1 for a single one, the batch's length for a batch.
-    batch_size: Mapped[int] = mapped_column(Integer)
-    # Feature name -> one value per prediction, as the model saw it (bools stay booleans).
-    features: Mapped[dict[str, list[Any]]] = mapped_column(JSON)
-    # One price per prediction, in request order.
-    predictions: Mapped[list[float]] = mapped_column(JSON)
-
-
-TABLE = cast(Table, PredictionLogRow.__table__)
 
 
 def feature_columns(houses: Sequence[Any], names: Sequence[str]) -> dict[str, list[Any]]:
@@ -116,6 +68,20 @@ def feature_columns(houses: Sequence[Any], names: Sequence[str]) -> dict[str, li
         return {names[0]: [getattr(house, names[0]) for house in houses]}
     values = zip(*map(attrgetter(*names), houses), strict=True)
     return dict(zip(names, map(list, values), strict=True))
+
+
+# int, float or bool: how the prediction log writes each feature's values.
+FEATURE_KINDS: dict[str, str] = {f.name: f.kind for fs in FEATURES.values() for f in fs}
+
+
+def shadow_models(models: Mapping[str, LoadedModel], model: LoadedModel) -> tuple[LoadedModel, ...]:
+    """The other models in service that can score what ``model`` was given."""
+    given = set(model.feature_names)
+    return tuple(
+        other
+        for version, other in models.items()
+        if version != model.version and set(other.feature_names) <= given
+    )
 
 
 def matrix_columns(X: Any, names: Sequence[str], kinds: Mapping[str, str]) -> dict[str, list[Any]]:

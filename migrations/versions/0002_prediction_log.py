@@ -2,8 +2,8 @@
 
 One row per request and model, inputs and answers as JSON arrays (see the model).
 
-The table belongs to ``app.operations.predictionlog``; it lives in this database (and
-these migrations) because ``auth.db.upgrade_schema`` brings the whole database to head.
+The table belongs to ``monitoring.models``; it lives in this database (and
+these migrations) because ``migrations.upgrade_schema`` brings the whole database to head.
 
 Revision ID: 0002
 Revises: 0001

@@ -1,13 +1,13 @@
-"""Alembic environment: run on the connection ``auth.db.upgrade_schema`` hands over."""
+"""Alembic environment: run on the connection ``migrations.upgrade_schema`` hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-from app.operations.predictionlog import PredictionLogBase
-from auth.db import make_engine
 from auth.models import Base
+from db.engine import make_engine
+from monitoring.models import PredictionLogBase
 
 config = context.config
 # Every table of the database: the credential store's and the prediction log's.
@@ -32,7 +32,7 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        raise RuntimeError("call auth.db.upgrade_schema(engine); there is no alembic.ini")
+        raise RuntimeError("call migrations.upgrade_schema(engine); there is no alembic.ini")
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

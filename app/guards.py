@@ -65,9 +65,8 @@ class MaxBodySizeMiddleware:
 class LoadSheddingMiddleware:
     """At most ``limit`` requests doing model work per process; the rest get 503 at once.
 
-    Counting happens on the event loop as a request arrives, before it queues for
-    a thread, so an overload answers ``Retry-After`` immediately instead of growing
-    an unbounded queue (and latency) behind the model.
+    Counting happens as a request arrives, so an overload answers ``Retry-After``
+    immediately instead of growing an unbounded queue (and latency) behind the model.
     """
 
     def __init__(self, app: ASGIApp, limit: int, path_prefixes: tuple[str, ...]) -> None:

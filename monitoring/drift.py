@@ -3,11 +3,11 @@
 ``housing-api drift`` prints :func:`format_report` and draws :func:`draw_report`; the
 app keeps ``feature_drift_psi{version,feature}`` fresh with :func:`refresh_gauges`,
 called by a background task every ``DRIFT_REFRESH_SECONDS`` (see
-``app.operations.runtime``): a scrape then costs nothing, and the database is read
+``app.lifespan``): a scrape then costs nothing, and the database is read
 at a fixed pace however often Prometheus scrapes.
 
-Live values are binned on the manifest's own edges with ``ml.drift.bin_counts`` and
-compared with ``ml.drift.population_stability_index``, so the check cannot bin
+Live values are binned on the manifest's own edges with ``ml.histograms.bin_counts`` and
+compared with ``ml.histograms.population_stability_index``, so the check cannot bin
 differently from training. Only the answers callers received count (shadow rows are
 another model's answers to the same inputs).
 """
@@ -25,12 +25,12 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine, select
 
-from app.operations.predictionlog import TABLE
-from ml.drift import bin_counts, population_stability_index
+from ml.histograms import bin_counts, population_stability_index
+from monitoring.models import TABLE
 
 if TYPE_CHECKING:  # not at run time: the CLI need not import scikit-learn or FastAPI
-    from app.observability.metrics import Metrics
     from ml.artifacts import LoadedModel
+    from monitoring.metrics import Metrics
 
 
 STABLE_BELOW = 0.1
@@ -195,10 +195,10 @@ def format_report(report: DriftReport) -> str:
 
 
 def _bin_labels(feature: FeatureDrift) -> list[str]:
-    """The binning rule of ``ml.drift``: two bins, one per whole value, or deciles."""
+    """The binning rule of ``ml.histograms``: two bins, one per whole value, or deciles."""
     if feature.kind == "bool":
         return ["no", "yes"]
-    # The outer bins are open (ml.drift.bin_counts): label them so.
+    # The outer bins are open (ml.histograms.bin_counts): label them so.
     if feature.kind == "int":
         labels = [f"{edge + 0.5:g}" for edge in feature.edges[:-1]]
         return [f"≤{labels[0]}", *labels[1:-1], f"≥{labels[-1]}"]

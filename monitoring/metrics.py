@@ -10,11 +10,8 @@ tells the whole truth.
 from __future__ import annotations
 
 import os
-from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, Security
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -22,11 +19,6 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-
-from app.openapi import problems
-from app.security import authenticate
-from auth.principal import Principal
-from auth.scopes import METRICS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -71,7 +63,7 @@ class Metrics:
         self.model_reloads = Counter(
             "model_reloads", "Model reloads, by outcome (ok, failed).", ["outcome"], registry=r
         )
-        # The prediction log (app.operations.predictionlog).
+        # The prediction log (monitoring.predictionlog).
         self.prediction_log_written = Counter(
             "prediction_log_written",
             "Predictions written to the prediction log (one table row per request and model).",
@@ -90,7 +82,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        # Drift of live inputs and predictions from the training data (app.operations.drift).
+        # Drift of live inputs and predictions from the training data (monitoring.drift).
         self.feature_drift_psi = Gauge(
             "feature_drift_psi",
             "Population stability index of logged inputs (and 'prediction') against the "
@@ -114,22 +106,3 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]  # untyped lib
         return generate_latest(merged)
-
-
-router = APIRouter(tags=["operations"])
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics (scope metrics)",
-    response_class=Response,
-    responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
-        **problems(401, 403, 429),
-    },
-)
-def metrics(
-    request: Request, _: Annotated[Principal, Security(authenticate, scopes=[METRICS])]
-) -> Response:
-    body = request.app.state.metrics.exposition()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,8 +1,8 @@
-"""Engines, sessions and schema migrations for the credential store.
+"""Engines and sessions for the service's one database (credentials and prediction log).
 
 SQLite (the embedded default) and PostgreSQL (production) behave the same from the
-store's point of view: both enforce foreign keys, both wait instead of failing when
-another process holds a lock, and ``upgrade_schema`` brings either from empty to head.
+stores' point of view: both enforce foreign keys, and both wait instead of failing
+when another process holds a lock. The schema itself is ``migrations``' business.
 """
 
 from __future__ import annotations
@@ -12,19 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from auth.errors import ConfigError
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
-# Any constant: serialises concurrent upgrade_schema() calls on one PostgreSQL database.
-_PG_MIGRATION_LOCK_ID = 0x686F7573  # "hous"
+
+
+class UnsupportedDatabaseError(ValueError):
+    """DATABASE_URL names a backend or driver we do not run on; a start-up error."""
 
 
 def make_engine(url: str, **options: Any) -> Engine:
@@ -38,14 +35,14 @@ def make_engine(url: str, **options: Any) -> Engine:
         return _sqlite_engine(parsed, options)
     if backend in ("postgresql", "postgres"):
         if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
-            raise ConfigError(
+            raise UnsupportedDatabaseError(
                 f"DATABASE_URL driver {parsed.drivername!r} is not supported; "
                 "use postgresql+psycopg://"
             )
         return create_engine(
             parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, **options
         )
-    raise ConfigError(
+    raise UnsupportedDatabaseError(
         f"DATABASE_URL backend {backend!r} is not supported; use sqlite:/// or postgresql+psycopg://"
     )
 
@@ -93,29 +90,3 @@ def _enable_wal(cursor: Any) -> None:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose objects stay readable after commit (we copy them into records)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-def alembic_config() -> Config:
-    """Alembic configured in code: works from any directory and from an installed wheel."""
-    config = Config()
-    # ConfigParser interpolation: a literal % in the path must be doubled.
-    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
-    return config
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Create or migrate the schema to the newest revision; safe to call on every start.
-
-    Concurrent callers (several workers starting at once) are serialised: an advisory
-    lock on PostgreSQL, an immediate write transaction on SQLite. The second one finds
-    the schema at head and does nothing.
-    """
-    config = alembic_config()
-    with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_ID})")
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        connection.commit()

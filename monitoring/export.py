@@ -21,8 +21,8 @@ import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type in
 import pyarrow.parquet as pq  # type: ignore[import-untyped]  # the same
 from sqlalchemy import Engine
 
-from app.operations.predictionlog import iter_predictions, query, stream
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion
+from monitoring.predictionlog import iter_predictions, query, stream
 
 FORMATS = ("csv", "parquet")
 CHUNK_ROWS = 10_000  # predictions per Parquet batch; also table rows fetched at a time

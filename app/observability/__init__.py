@@ -1,1 +1,0 @@
-"""What operators see: request ids, JSON logs, Prometheus metrics."""

@@ -1,1 +1,0 @@
-"""Running the model in production: prediction log, drift, model reloads, shutdown."""
