@@ -146,11 +146,11 @@ def _first_run_demo(settings: Settings, host: str, port: int) -> None:
     if marker.exists():
         return
     with open_store(settings) as store:
-        if store.list_clients():
+        if store.clients.list():
             marker.touch()
             return
         try:
-            client_id, secret = store.create_client("demo", {PREDICT}, actor="first-run")
+            client_id, secret = store.clients.create("demo", {PREDICT}, actor="first-run")
         except DuplicateError:  # another replica starting at the same moment made it
             marker.touch()
             return

@@ -172,7 +172,7 @@ async def _authenticate_client(
     name = f"client:{credentials.client_id[:200]}"
     await _throttled(throttle, name)
     client = await run_in_threadpool(
-        lambda: store.authenticate_client(credentials.client_id, credentials.secret, ip=ip)
+        lambda: store.clients.authenticate(credentials.client_id, credentials.secret, ip=ip)
     )
     if client is None:
         await throttle.failed_async(name)
@@ -297,7 +297,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
         await _throttled(throttle, name)
         try:
             user = await run_in_threadpool(
-                lambda: store.authenticate_user(username, password, ip=ip)
+                lambda: store.users.authenticate(username, password, ip=ip)
             )
         except PasswordCheckBusy:
             raise OAuthError(
@@ -326,7 +326,7 @@ async def _issue(request: Request, settings: Settings) -> Response:
         ttl_seconds=settings.access_token_ttl_seconds,
     )
     await run_in_threadpool(
-        lambda: store.audit(
+        lambda: store.audit.record(
             "token.issued", f"{kind}:{subject}", issued.jti, {"scope": issued.scope}, ip=ip
         )
     )
@@ -378,7 +378,7 @@ async def _revoke(request: Request, settings: Settings) -> Response:
         raise OAuthError("unauthorized_client", "This token was not issued to this client.")
     expires_at = datetime.fromtimestamp(claims.expires_at, UTC)
     await run_in_threadpool(
-        lambda: store.revoke_token(claims.jti, expires_at, actor=f"client:{client.client_id}")
+        lambda: store.revocations.revoke(claims.jti, expires_at, actor=f"client:{client.client_id}")
     )
     verifier.revoke_locally(claims.jti, expires_at)
     return Response(status_code=200, headers=NO_STORE)

@@ -53,7 +53,7 @@ def settings_of(root: Path, model_dir: Path) -> Settings:
 
 def new_key(root: Path, model_dir: Path, scopes: str) -> str:
     with open_store(settings_of(root, model_dir)) as store:
-        key: str = store.create_api_key("operations-test", scopes)[1]
+        key: str = store.api_keys.create("operations-test", scopes)[1]
     return key
 
 

@@ -294,8 +294,8 @@ def http(security_app: FastAPI) -> Iterator[Http]:
 def genuine(security_app: FastAPI, http: Http) -> dict[str, str]:
     """A real API key, client and bearer token, all holding every scope."""
     store = security_app.state.store
-    _, api_key = store.create_api_key("property-tests", ALL_SCOPES_TEXT)
-    client_id, secret = store.create_client("property-tests", ALL_SCOPES_TEXT)
+    _, api_key = store.api_keys.create("property-tests", ALL_SCOPES_TEXT)
+    client_id, secret = store.clients.create("property-tests", ALL_SCOPES_TEXT)
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
     answer = http.request(
         "POST",
