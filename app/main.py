@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.errors import install_error_handlers
-from app.identity import open_store, pepper, signing_keys
 from app.limits import FailureThrottle, build_limiter, rate_limited
 from app.middleware import LoadSheddingMiddleware, MaxBodySizeMiddleware
 from app.observability import metrics as metrics_routes
@@ -23,6 +22,7 @@ from app.routes import keys as key_routes
 from app.security import SingleFlight
 from app.settings import Settings
 from auth.verifier import CredentialVerifier
+from auth.wiring import open_store, pepper, signing_keys
 from ml.artifacts import load_all
 from ml.features import MODEL_VERSIONS
 

@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from app.identity import open_store
 from app.settings import Settings
 from auth.errors import ConfigError, DuplicateError, InvalidValueError, PasswordPolicyError
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
+from auth.wiring import open_store
 
 clients = typer.Typer(help="OAuth clients (client_credentials grant).", no_args_is_help=True)
 users = typer.Typer(help="Password users (password grant, when enabled).", no_args_is_help=True)

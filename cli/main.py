@@ -62,8 +62,8 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the API. Artifacts are verified first, so a bad model never starts."""
-    from app.identity import pepper, signing_keys
     from auth.errors import ConfigError
+    from auth.wiring import pepper, signing_keys
     from ml.artifacts import ArtifactError, load_all
 
     settings = Settings()
@@ -138,9 +138,9 @@ def _first_run_demo(settings: Settings, host: str, port: int) -> None:
     Never in production; never again once the marker exists. The secret is random and
     stored only as an HMAC; it is printed here, once.
     """
-    from app.identity import open_store
     from auth.errors import DuplicateError
     from auth.scopes import PREDICT
+    from auth.wiring import open_store
 
     marker = settings.var_dir / "demo_client_created"
     if marker.exists():

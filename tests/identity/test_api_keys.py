@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from app.identity import pepper
 from app.settings import Settings
 from auth.secrets import generate_key_id, generate_secret, hmac_secret
 from auth.store import CredentialStore
+from auth.wiring import pepper
 from tests.identity.support import (
     Cli,
     api_key,

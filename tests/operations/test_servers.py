@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from app.identity import open_store
 from app.operations.predictionlog import TABLE, iter_predictions, make_log_engine, query, stream
 from app.settings import Settings
+from auth.wiring import open_store
 from tests.operations.conftest import wait_until
 from tests.operations.support import republish
 from tests.support.app_server import HOST, app_env, running_app
