@@ -21,6 +21,7 @@ from app.settings import Settings
 from app.state import Services, services
 from auth import scopes as S
 from auth.jwt_keys import SigningKeys
+from auth.oauth import OAuthServer
 from auth.principal import Principal
 from auth.store import CredentialStore
 from ml.artifacts import LoadedModel
@@ -61,6 +62,10 @@ async def _signing_keys(request: Request) -> SigningKeys:
     return services(request).signing_keys
 
 
+async def _oauth(request: Request) -> OAuthServer:
+    return services(request).oauth
+
+
 async def _reloader(request: Request) -> ModelReloader:
     return services(request).reloader
 
@@ -71,6 +76,7 @@ ModelsDep = Annotated[dict[str, LoadedModel], Depends(_models)]
 StoreDep = Annotated[CredentialStore, Depends(_store)]
 SigningKeysDep = Annotated[SigningKeys, Depends(_signing_keys)]
 ReloaderDep = Annotated[ModelReloader, Depends(_reloader)]
+OAuthDep = Annotated[OAuthServer, Depends(_oauth)]
 
 
 async def require_json(request: Request) -> None:

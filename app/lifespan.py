@@ -34,10 +34,11 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from app.identity import open_store
 from app.reload import ModelReloader, ReloadFailed, publish_model_info
 from app.state import Services
 from auth.verifier import CredentialVerifier
+from auth.wiring import open_store
+from migrations import upgrade_schema
 from ml.artifacts import load_all
 from ml.features import MODEL_VERSIONS
 from monitoring.drift import refresh_gauges
@@ -97,7 +98,7 @@ async def lifespan(built: Services, app: FastAPI) -> AsyncIterator[None]:
     # Verified before use: a tampered artifact stops the start (ArtifactError).
     built.models = load_all(settings.model_dir)
     publish_model_info(metrics, {}, built.models)
-    with open_store(settings) as store:
+    with open_store(settings, upgrade_schema) as store:
         verifier = CredentialVerifier(
             store, built.signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )

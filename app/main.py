@@ -10,7 +10,6 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.errors import install_error_handlers
 from app.guards import LoadSheddingMiddleware, MaxBodySizeMiddleware
-from app.identity import pepper, signing_keys
 from app.lifespan import lifespan
 from app.limits import FailureThrottle, build_limiter, rate_limited
 from app.request_context import RequestContextMiddleware
@@ -19,6 +18,7 @@ from app.routes import keys as key_routes
 from app.routes import metrics as metrics_route
 from app.settings import Settings
 from app.state import Services
+from auth.wiring import pepper, signing_keys
 from monitoring.metrics import Metrics
 
 API_DESCRIPTION = """

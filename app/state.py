@@ -17,6 +17,7 @@ from app.limits import FailureThrottle, QuotaLimiter
 from app.settings import Settings
 from app.single_flight import SingleFlight
 from auth.jwt_keys import SigningKeys
+from auth.oauth import OAuthServer
 from auth.store import CredentialStore
 from auth.verifier import CredentialVerifier
 from ml.artifacts import LoadedModel
@@ -52,11 +53,23 @@ class Services:
     prediction_log: PredictionLogWriter | None = None
     _store: CredentialStore | None = None
     _verifier: CredentialVerifier | None = None
+    _oauth: OAuthServer | None = None
     _reloader: ModelReloader | None = None
     _log_engine: Engine | None = None
 
     def start_identity(self, store: CredentialStore, verifier: CredentialVerifier) -> None:
+        settings = self.settings
         self._store, self._verifier = store, verifier
+        self._oauth = OAuthServer(
+            store=store,
+            keys=self.signing_keys,
+            verifier=verifier,
+            throttle=self.token_throttle,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl_seconds=settings.access_token_ttl_seconds,
+            password_grant_enabled=settings.password_grant_enabled,
+        )
 
     def start_operations(self, reloader: ModelReloader, log_engine: Engine) -> None:
         self._reloader, self._log_engine = reloader, log_engine
@@ -68,6 +81,11 @@ class Services:
     @property
     def verifier(self) -> CredentialVerifier:
         return _started(self._verifier, "verifier")
+
+    @property
+    def oauth(self) -> OAuthServer:
+        """The /token and /revoke rules (``auth.oauth``) over this app's parts."""
+        return _started(self._oauth, "OAuth server")
 
     @property
     def reloader(self) -> ModelReloader:

@@ -124,7 +124,7 @@ class CredentialVerifier:
             return cached[0]
         if cached_only:
             raise StoreNeeded
-        record = self.store.authenticate_api_key(api_key, ip=ip)
+        record = self.store.api_keys.authenticate(api_key, ip=ip)
         if record is None:
             self._api_keys.pop(digest, None)
             raise CredentialRejected("invalid_api_key")
@@ -163,7 +163,7 @@ class CredentialVerifier:
             since = (
                 None if self._revoked_since is None else self._revoked_since - _REVOCATION_OVERLAP
             )
-            for record in self.store.revoked_tokens_since(since):
+            for record in self.store.revocations.since(since):
                 self._revoked[record.jti] = record.expires_at
             for jti in [j for j, expires in self._revoked.items() if expires <= wall]:
                 del self._revoked[jti]

@@ -167,7 +167,7 @@ async def run(model_dir: Path, rounds: int, seconds: float, concurrency: int) ->
             keys = {}
             for name, app in apps.items():
                 await stack.enter_async_context(app.router.lifespan_context(app))
-                keys[name] = app.state.services.store.create_api_key("bench", "predict")[1]
+                keys[name] = app.state.services.store.api_keys.create("bench", "predict")[1]
             for name, app in apps.items():  # warm up: first requests pay for imports
                 await drive(app, keys[name], "single v1", 0.5, concurrency)
             # Three apps share this process: freeze what they hold, so that a full garbage

@@ -11,11 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
-from app.identity import open_store
 from app.settings import Settings
 from auth.errors import ConfigError, DuplicateError, InvalidValueError, PasswordPolicyError
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
+from auth.wiring import open_store
+from db.engine import UnsupportedDatabaseError
+from migrations import upgrade_schema
 
 clients = typer.Typer(help="OAuth clients (client_credentials grant).", no_args_is_help=True)
 users = typer.Typer(help="Password users (password grant, when enabled).", no_args_is_help=True)
@@ -38,9 +40,15 @@ def _fail(message: str) -> typer.Exit:
 def _store() -> Iterator[CredentialStore]:
     """The store with its schema created or migrated; domain errors become one-line exits."""
     try:
-        with open_store(Settings()) as store:
+        with open_store(Settings(), upgrade_schema) as store:
             yield store
-    except (ConfigError, DuplicateError, InvalidValueError, PasswordPolicyError) as exc:
+    except (
+        ConfigError,
+        UnsupportedDatabaseError,
+        DuplicateError,
+        InvalidValueError,
+        PasswordPolicyError,
+    ) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -79,7 +87,7 @@ def create_client(
     """Create a client; prints client_id and client_secret once."""
     wanted = _scopes(scopes)
     with _store() as store:
-        client_id, secret = store.create_client(name, wanted, plan, actor=ACTOR)
+        client_id, secret = store.clients.create(name, wanted, plan, actor=ACTOR)
     _emit(
         as_json,
         {"client_id": client_id, "client_secret": secret, "scope": format_scopes(wanted)},
@@ -90,7 +98,7 @@ def create_client(
 @clients.command("list")
 def list_clients() -> None:
     with _store() as store:
-        for c in store.list_clients():
+        for c in store.clients.list():
             state = "disabled" if c.disabled else "active"
             scope = format_scopes(c.scopes)
             typer.echo(f"{c.client_id}  {c.name or '-'}  {scope}  plan={c.plan}  {state}")
@@ -100,7 +108,7 @@ def list_clients() -> None:
 def disable_client(client_id: str) -> None:
     """Disable a client: its tokens are refused by every worker within seconds."""
     with _store() as store:
-        if not store.disable_client(client_id, actor=ACTOR):
+        if not store.clients.disable(client_id, actor=ACTOR):
             raise _fail(f"no client {client_id!r}")
     typer.echo(f"disabled {client_id}")
 
@@ -121,14 +129,14 @@ def create_user(
     password = sys.stdin.readline().rstrip("\r\n")
     wanted = _scopes(scopes)
     with _store() as store:
-        user = store.create_user(name, password, wanted, plan, actor=ACTOR)
+        user = store.users.create(name, password, wanted, plan, actor=ACTOR)
     _emit(as_json, {"username": user.username, "scope": format_scopes(user.scopes)})
 
 
 @users.command("list")
 def list_users() -> None:
     with _store() as store:
-        for u in store.list_users():
+        for u in store.users.list():
             state = "disabled" if u.disabled else "active"
             typer.echo(f"{u.username}  {format_scopes(u.scopes)}  plan={u.plan}  {state}")
 
@@ -136,7 +144,7 @@ def list_users() -> None:
 @users.command("disable")
 def disable_user(name: str) -> None:
     with _store() as store:
-        if not store.disable_user(name, actor=ACTOR):
+        if not store.users.disable(name, actor=ACTOR):
             raise _fail(f"no user {name!r}")
     typer.echo(f"disabled {name}")
 
@@ -155,7 +163,7 @@ def create_key(
     wanted = _scopes(scopes)
     expires_at = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     with _store() as store:
-        key_id, api_key = store.create_api_key(
+        key_id, api_key = store.api_keys.create(
             owner, wanted, plan, expires_at=expires_at, created_by=ACTOR
         )
     values = {"key_id": key_id, "api_key": api_key, "owner": owner, "scope": format_scopes(wanted)}
@@ -171,7 +179,7 @@ def list_keys(
     """Key ids and their state; never the secret or its hash."""
     now = datetime.now(UTC)
     with _store() as store:
-        for k in store.list_api_keys(owner):
+        for k in store.api_keys.list(owner):
             state = k.unusable_reason(now) or "active"
             typer.echo(
                 f"{k.key_id}  owner={k.owner}  {format_scopes(k.scopes)}  plan={k.plan}  "
@@ -184,6 +192,6 @@ def list_keys(
 def revoke_key(key_id: str) -> None:
     """Revoke a key: every worker refuses it within seconds."""
     with _store() as store:
-        if not store.revoke_api_key(key_id, ACTOR):
+        if not store.api_keys.revoke(key_id, ACTOR):
             raise _fail(f"no active key {key_id!r}")
     typer.echo(f"revoked {key_id}")

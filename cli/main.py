@@ -62,8 +62,9 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the API. Artifacts are verified first, so a bad model never starts."""
-    from app.identity import pepper, signing_keys
     from auth.errors import ConfigError
+    from auth.wiring import pepper, signing_keys
+    from db.engine import UnsupportedDatabaseError
     from ml.artifacts import ArtifactError, load_all
 
     settings = Settings()
@@ -71,7 +72,7 @@ def serve(
         load_all(settings.model_dir)
         signing_keys(settings)
         pepper(settings)
-    except (ArtifactError, ConfigError) as exc:
+    except (ArtifactError, ConfigError, UnsupportedDatabaseError) as exc:
         raise fail(str(exc)) from None
     if not settings.is_production:
         _first_run_demo(settings, host, port)
@@ -138,19 +139,20 @@ def _first_run_demo(settings: Settings, host: str, port: int) -> None:
     Never in production; never again once the marker exists. The secret is random and
     stored only as an HMAC; it is printed here, once.
     """
-    from app.identity import open_store
     from auth.errors import DuplicateError
     from auth.scopes import PREDICT
+    from auth.wiring import open_store
+    from migrations import upgrade_schema
 
     marker = settings.var_dir / "demo_client_created"
     if marker.exists():
         return
-    with open_store(settings) as store:
-        if store.list_clients():
+    with open_store(settings, upgrade_schema) as store:
+        if store.clients.list():
             marker.touch()
             return
         try:
-            client_id, secret = store.create_client("demo", {PREDICT}, actor="first-run")
+            client_id, secret = store.clients.create("demo", {PREDICT}, actor="first-run")
         except DuplicateError:  # another replica starting at the same moment made it
             marker.touch()
             return

@@ -89,12 +89,12 @@ def _owner(principal: Principal, store: CredentialStore) -> str | None:
     if ADMIN in principal.scopes:
         return None
     if principal.kind == "api_key":
-        record = store.get_api_key(principal.subject)
+        record = store.api_keys.get(principal.subject)
         if record is None:  # revoked between authentication and now
             raise NotFound("No such key.")
         return record.owner
     if principal.kind == "client":
-        client = store.get_client(principal.subject)
+        client = store.clients.get(principal.subject)
         return client.name if client is not None and client.name else principal.subject
     return principal.subject
 
@@ -137,7 +137,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         request: Request, response: Response, caller: KeyManager, store: StoreDep
     ) -> KeyList:
         owner = await run_in_threadpool(_owner, caller, store)
-        records = await run_in_threadpool(store.list_api_keys, owner)
+        records = await run_in_threadpool(store.api_keys.list, owner)
         now = datetime.now(UTC)
         return KeyList(keys=[_info(r, now) for r in records])
 
@@ -165,7 +165,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
             else None
         )
         key_id, api_key = await run_in_threadpool(
-            lambda: store.create_api_key(
+            lambda: store.api_keys.create(
                 owner or caller.id,
                 scopes,
                 caller.plan,
@@ -201,13 +201,13 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         )
         owner = await run_in_threadpool(_owner, caller, store)
         rotated = await run_in_threadpool(
-            lambda: store.rotate_api_key(key_id, actor=caller.id, owner=owner, grace=grace)
+            lambda: store.api_keys.rotate(key_id, actor=caller.id, owner=owner, grace=grace)
         )
         if rotated is None:
             raise NotFound(NOT_FOUND)
         new_id, api_key = rotated
-        old = await run_in_threadpool(store.get_api_key, key_id)
-        new = await run_in_threadpool(store.get_api_key, new_id)
+        old = await run_in_threadpool(store.api_keys.get, key_id)
+        new = await run_in_threadpool(store.api_keys.get, new_id)
         if old is None or old.grace_until is None or new is None:  # changed meanwhile
             raise NotFound(NOT_FOUND)
         response.headers["Cache-Control"] = "no-store"
@@ -228,7 +228,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         _known_shape(key_id)
         owner = await run_in_threadpool(_owner, caller, store)
         revoked = await run_in_threadpool(
-            lambda: store.revoke_api_key(key_id, caller.id, owner=owner)
+            lambda: store.api_keys.revoke(key_id, caller.id, owner=owner)
         )
         if not revoked:
             raise NotFound(NOT_FOUND)

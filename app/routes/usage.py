@@ -49,10 +49,10 @@ def _identities(principal: Principal, store: CredentialStore) -> list[str]:
     """The caller itself, and for an API key every key of the same owner."""
     if principal.kind != "api_key":
         return [principal.id]
-    record = store.get_api_key(principal.subject)
+    record = store.api_keys.get(principal.subject)
     if record is None:
         return [principal.id]
-    return [f"api_key:{k.key_id}" for k in store.list_api_keys(record.owner)]
+    return [f"api_key:{k.key_id}" for k in store.api_keys.list(record.owner)]
 
 
 def _quota(request: Request, limiter: QuotaLimiter, settings: Settings) -> Quota | None:

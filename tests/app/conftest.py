@@ -57,7 +57,7 @@ async def open_client(
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             if scopes:
-                client_id, secret = app.state.services.store.create_client(None, scopes)
+                client_id, secret = app.state.services.store.clients.create(None, scopes)
                 answer = await client.post(
                     "/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
                 )

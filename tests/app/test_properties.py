@@ -41,7 +41,7 @@ def portal_client(settings: Settings) -> Iterator[PortalClient]:
         lifespan = portal.wrap_async_context_manager(app.router.lifespan_context(app))
         with lifespan:
             transport = httpx.ASGITransport(app=app)
-            _, api_key = app.state.services.store.create_api_key("property-tests", "predict")
+            _, api_key = app.state.services.store.api_keys.create("property-tests", "predict")
             client = httpx.AsyncClient(
                 transport=transport, base_url="http://testserver", headers={"X-API-Key": api_key}
             )

@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
-import auth.store
+import auth.store.clients
 from auth.errors import DuplicateError, InvalidValueError, PasswordPolicyError
 from auth.models import ApiKey, Base, Client, User
 from auth.passwords import Argon2Params, PasswordHasher
@@ -44,11 +44,11 @@ def _raw(engine: Engine, sql: str, **params: Any) -> list[Any]:
 
 
 def _audit_text(store: CredentialStore) -> str:
-    return json.dumps([dataclasses.asdict(e) for e in store.recent_audit_events(1000)], default=str)
+    return json.dumps([dataclasses.asdict(e) for e in store.audit.recent(1000)], default=str)
 
 
 def _events(store: CredentialStore, event: str) -> list[AuditRecord]:
-    return store.recent_audit_events(1000, event=event)
+    return store.audit.recent(1000, event=event)
 
 
 # --- schema and migrations ------------------------------------------------------------
@@ -128,12 +128,12 @@ def test_unsupported_databases_are_a_config_error(url: str) -> None:
 
 
 def test_datetimes_come_back_aware_utc(store: CredentialStore) -> None:
-    client_id, _ = store.create_client("tz", "predict")
-    record = store.get_client(client_id)
+    client_id, _ = store.clients.create("tz", "predict")
+    record = store.clients.get(client_id)
     assert record is not None
     assert record.created_at.tzinfo is UTC
     with pytest.raises(ValueError, match="naive"):
-        store.authenticate_api_key("hpa_x", now=datetime(2030, 1, 1))
+        store.api_keys.authenticate("hpa_x", now=datetime(2030, 1, 1))
 
 
 # --- records -------------------------------------------------------------------------
@@ -151,10 +151,10 @@ def test_records_are_frozen_and_carry_no_hash(record_type: type[Any]) -> None:
 
 
 def test_client_lifecycle(store: CredentialStore, engine: Engine) -> None:
-    client_id, secret = store.create_client("partner-a", "predict models:read", plan="gold")
+    client_id, secret = store.clients.create("partner-a", "predict models:read", plan="gold")
     assert client_id.startswith("cl_")
     assert len(secret) >= 43
-    record = store.authenticate_client(client_id, secret)
+    record = store.clients.authenticate(client_id, secret)
     assert record is not None
     assert record.scopes == frozenset({"predict", "models:read"})
     assert record.plan == "gold"
@@ -162,16 +162,16 @@ def test_client_lifecycle(store: CredentialStore, engine: Engine) -> None:
     assert store.is_subject_active("client", client_id)
     # Only the HMAC is stored, never the secret.
     stored = _raw(engine, "SELECT secret_hmac FROM clients")
-    assert stored == [(hmac_secret(store._pepper, secret),)]
+    assert stored == [(hmac_secret(store._context.pepper, secret),)]
     assert secret not in json.dumps(_raw(engine, "SELECT * FROM clients"), default=str)
-    assert [c.client_id for c in store.list_clients()] == [client_id]
-    assert "secret" not in repr(store.list_clients())
+    assert [c.client_id for c in store.clients.list()] == [client_id]
+    assert "secret" not in repr(store.clients.list())
 
 
 def test_client_authentication_failures_look_alike(
     store: CredentialStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client_id, secret = store.create_client("partner-b", ["predict"])
+    client_id, secret = store.clients.create("partner-b", ["predict"])
     compared: list[str] = []
     real_verify = verify_secret
 
@@ -179,11 +179,11 @@ def test_client_authentication_failures_look_alike(
         compared.append(stored)
         return real_verify(pepper, presented, stored)
 
-    monkeypatch.setattr(auth.store, "verify_secret", spy)
-    assert store.authenticate_client(client_id, secret + "x") is None
-    assert store.authenticate_client("cl_aaaaaaaaaaaaaaaa", secret) is None
-    assert store.authenticate_client(secret, client_id) is None  # swapped fields
-    assert store.authenticate_client(client_id, "s" * 100_000) is None
+    monkeypatch.setattr(auth.store.clients, "verify_secret", spy)
+    assert store.clients.authenticate(client_id, secret + "x") is None
+    assert store.clients.authenticate("cl_aaaaaaaaaaaaaaaa", secret) is None
+    assert store.clients.authenticate(secret, client_id) is None  # swapped fields
+    assert store.clients.authenticate(client_id, "s" * 100_000) is None
     assert len(compared) == 4  # an unknown id still costs an HMAC comparison
     reasons = [e.detail["reason"] for e in _events(store, "client.auth_failed")]
     assert sorted(reasons) == ["bad_secret", "bad_secret", "unknown_client", "unknown_client"]
@@ -191,26 +191,26 @@ def test_client_authentication_failures_look_alike(
 
 
 def test_a_disabled_client_is_refused(store: CredentialStore) -> None:
-    client_id, secret = store.create_client(None, "predict")
-    assert store.disable_client(client_id, actor="ops")
-    assert store.authenticate_client(client_id, secret) is None
+    client_id, secret = store.clients.create(None, "predict")
+    assert store.clients.disable(client_id, actor="ops")
+    assert store.clients.authenticate(client_id, secret) is None
     assert not store.is_subject_active("client", client_id)
-    record = store.get_client(client_id)
+    record = store.clients.get(client_id)
     assert record is not None
     assert record.disabled
-    assert store.disable_client("cl_nonexistentxxxxx") is False
+    assert store.clients.disable("cl_nonexistentxxxxx") is False
     [event] = _events(store, "client.disabled")
     assert (event.actor, event.subject) == ("ops", client_id)
     assert _events(store, "client.auth_failed")[0].detail == {"reason": "disabled"}
 
 
 def test_duplicate_client_names_are_a_domain_error(store: CredentialStore) -> None:
-    store.create_client("same", "predict")
+    store.clients.create("same", "predict")
     with pytest.raises(DuplicateError, match="same"):
-        store.create_client("same", "metrics")
-    store.create_client(None, "predict")
-    store.create_client(None, "predict")  # unnamed clients do not collide
-    assert len(store.list_clients()) == 3
+        store.clients.create("same", "metrics")
+    store.clients.create(None, "predict")
+    store.clients.create(None, "predict")  # unnamed clients do not collide
+    assert len(store.clients.list()) == 3
 
 
 @pytest.mark.parametrize(
@@ -227,23 +227,23 @@ def test_bad_client_input_is_refused(
     store: CredentialStore, name: str, scopes: str, plan: str, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        store.create_client(name, scopes, plan)
-    assert store.list_clients() == []
+        store.clients.create(name, scopes, plan)
+    assert store.clients.list() == []
 
 
 # --- users ---------------------------------------------------------------------------
 
 
 def test_user_login(store: CredentialStore) -> None:
-    created = store.create_user("alice", PASSWORD, "predict, models:read", actor="admin")
+    created = store.users.create("alice", PASSWORD, "predict, models:read", actor="admin")
     assert created.scopes == frozenset({"predict", "models:read"})
-    user = store.authenticate_user("alice", PASSWORD, T0)
+    user = store.users.authenticate("alice", PASSWORD, T0)
     assert user is not None
     assert user.username == "alice"
     assert user.principal().id == "user:alice"
-    assert store.authenticate_user("alice", PASSWORD + "!", T0) is None
-    assert store.authenticate_user("Alice", PASSWORD, T0) is None
-    assert [u.username for u in store.list_users()] == ["alice"]
+    assert store.users.authenticate("alice", PASSWORD + "!", T0) is None
+    assert store.users.authenticate("Alice", PASSWORD, T0) is None
+    assert [u.username for u in store.users.list()] == ["alice"]
     [event] = _events(store, "user.created")
     assert (event.actor, event.subject) == ("admin", "alice")
     assert PASSWORD not in _audit_text(store)
@@ -260,8 +260,8 @@ def test_an_unknown_user_costs_a_dummy_verification(
         return real_verify(stored_hash, password)
 
     monkeypatch.setattr(hasher, "verify", spy)
-    assert store.authenticate_user("nobody", PASSWORD, T0) is None
-    assert store.authenticate_user("n" * 10_000, PASSWORD, T0) is None
+    assert store.users.authenticate("nobody", PASSWORD, T0) is None
+    assert store.users.authenticate("n" * 10_000, PASSWORD, T0) is None
     assert seen == [None, None]
     [event, _] = _events(store, "user.auth_failed")
     assert event.subject is None  # an unknown name may be a mistyped password
@@ -269,30 +269,30 @@ def test_an_unknown_user_costs_a_dummy_verification(
 
 
 def test_lockout_grows_and_resets(store: CredentialStore) -> None:
-    store.create_user("bob", PASSWORD, "predict")
+    store.users.create("bob", PASSWORD, "predict")
     now = T0
     for failure in range(1, 6):
-        assert store.authenticate_user("bob", "wrong password!", now) is None
-        user = store.get_user("bob")
+        assert store.users.authenticate("bob", "wrong password!", now) is None
+        user = store.users.get("bob")
         assert user is not None
         assert user.failed_logins == failure
         assert user.locked_until == (now + timedelta(seconds=30) if failure == 5 else None)
     # Locked: even the right password gets the same None, and does not count.
-    assert store.authenticate_user("bob", PASSWORD, now + timedelta(seconds=29)) is None
-    assert store.authenticate_user("bob", "wrong password!", now + timedelta(seconds=29)) is None
-    locked = store.get_user("bob")
+    assert store.users.authenticate("bob", PASSWORD, now + timedelta(seconds=29)) is None
+    assert store.users.authenticate("bob", "wrong password!", now + timedelta(seconds=29)) is None
+    locked = store.users.get("bob")
     assert locked is not None
     assert locked.failed_logins == 5
     # After the lock, one more failure doubles it.
     now += timedelta(seconds=31)
-    assert store.authenticate_user("bob", "wrong password!", now) is None
-    user = store.get_user("bob")
+    assert store.users.authenticate("bob", "wrong password!", now) is None
+    user = store.users.get("bob")
     assert user is not None
     assert user.locked_until == now + timedelta(seconds=60)
     # Success after the lock resets everything.
     now += timedelta(seconds=61)
-    assert store.authenticate_user("bob", PASSWORD, now) is not None
-    user = store.get_user("bob")
+    assert store.users.authenticate("bob", PASSWORD, now) is not None
+    user = store.users.get("bob")
     assert user is not None
     assert (user.failed_logins, user.locked_until) == (0, None)
     reasons = [e.detail["reason"] for e in _events(store, "user.auth_failed")]
@@ -317,10 +317,10 @@ def _in_threads(count: int, action: Any) -> list[Any]:
 
 
 def test_concurrent_failed_logins_are_all_counted(store: CredentialStore) -> None:
-    store.create_user("ivan", PASSWORD, "predict")
-    results = _in_threads(8, lambda: store.authenticate_user("ivan", "wrong password!", T0))
+    store.users.create("ivan", PASSWORD, "predict")
+    results = _in_threads(8, lambda: store.users.authenticate("ivan", "wrong password!", T0))
     assert results == [None] * 8
-    user = store.get_user("ivan")
+    user = store.users.get("ivan")
     assert user is not None
     reasons = [e.detail["reason"] for e in _events(store, "user.auth_failed")]
     assert len(reasons) == 8
@@ -330,8 +330,8 @@ def test_concurrent_failed_logins_are_all_counted(store: CredentialStore) -> Non
 
 
 def test_concurrent_use_of_one_key(store: CredentialStore) -> None:
-    _, api_key = store.create_api_key("partner", "predict")
-    results = _in_threads(8, lambda: store.authenticate_api_key(api_key, T0))
+    _, api_key = store.api_keys.create("partner", "predict")
+    results = _in_threads(8, lambda: store.api_keys.authenticate(api_key, T0))
     assert all(record is not None and record.last_used_at == T0 for record in results)
 
 
@@ -352,20 +352,20 @@ def test_lockout_policy_doubles_up_to_the_cap() -> None:
 
 
 def test_a_disabled_user_is_refused(store: CredentialStore) -> None:
-    store.create_user("carol", PASSWORD, "predict")
+    store.users.create("carol", PASSWORD, "predict")
     assert store.is_subject_active("user", "carol")
-    assert store.disable_user("carol", actor="ops")
-    assert store.authenticate_user("carol", PASSWORD, T0) is None
+    assert store.users.disable("carol", actor="ops")
+    assert store.users.authenticate("carol", PASSWORD, T0) is None
     assert not store.is_subject_active("user", "carol")
     assert not store.is_subject_active("user", "nobody")
-    assert store.disable_user("nobody") is False
+    assert store.users.disable("nobody") is False
     assert _events(store, "user.disabled")[0].subject == "carol"
 
 
 def test_duplicate_usernames_are_a_domain_error(store: CredentialStore) -> None:
-    store.create_user("dave", PASSWORD, "predict")
+    store.users.create("dave", PASSWORD, "predict")
     with pytest.raises(DuplicateError, match="dave"):
-        store.create_user("dave", PASSWORD + "2", "metrics")
+        store.users.create("dave", PASSWORD + "2", "metrics")
 
 
 @pytest.mark.parametrize(
@@ -384,8 +384,8 @@ def test_bad_user_input_is_refused(
     store: CredentialStore, username: str, password: str, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        store.create_user(username, password, "predict")
-    assert store.list_users() == []
+        store.users.create(username, password, "predict")
+    assert store.users.list() == []
 
 
 def test_a_login_upgrades_an_old_password_hash(
@@ -393,23 +393,23 @@ def test_a_login_upgrades_an_old_password_hash(
 ) -> None:
     cheap = Argon2Params(memory_cost=8192, time_cost=1)
     old_store = CredentialStore(engine, pepper, hasher=PasswordHasher(cheap))
-    old_store.create_user("frank", PASSWORD, "predict")
+    old_store.users.create("frank", PASSWORD, "predict")
     [(before,)] = _raw(engine, "SELECT password_hash FROM users")
     assert "m=8192,t=1" in before
-    assert store.authenticate_user("frank", PASSWORD, T0) is not None
+    assert store.users.authenticate("frank", PASSWORD, T0) is not None
     [(after,)] = _raw(engine, "SELECT password_hash FROM users")
     assert "m=19456,t=2" in after
-    assert store.authenticate_user("frank", PASSWORD, T0) is not None
+    assert store.users.authenticate("frank", PASSWORD, T0) is not None
 
 
 # --- API keys ------------------------------------------------------------------------
 
 
 def test_api_key_lifecycle(store: CredentialStore, engine: Engine) -> None:
-    key_id, api_key = store.create_api_key("Partner Inc.", "predict", created_by="admin")
+    key_id, api_key = store.api_keys.create("Partner Inc.", "predict", created_by="admin")
     assert parse_api_key(api_key) is not None
     assert api_key.startswith(f"hpa_{key_id}_")
-    record = store.authenticate_api_key(api_key, T0)
+    record = store.api_keys.authenticate(api_key, T0)
     assert record is not None
     assert (record.key_id, record.owner, record.scopes) == (
         key_id,
@@ -427,68 +427,68 @@ def test_api_key_lifecycle(store: CredentialStore, engine: Engine) -> None:
 
 
 def test_wrong_unknown_and_malformed_keys_are_refused(store: CredentialStore) -> None:
-    key_id, api_key = store.create_api_key("partner", "predict")
+    key_id, api_key = store.api_keys.create("partner", "predict")
     wrong = api_key[:-1] + ("A" if api_key[-1] != "A" else "B")
     unknown = api_key.replace(key_id, "a" * 12)
     for presented in (wrong, unknown, "garbage", "", "hpa_" + "\x00" * 60, api_key + "x" * 300):
-        assert store.authenticate_api_key(presented, T0) is None
+        assert store.api_keys.authenticate(presented, T0) is None
     reasons = [e.detail["reason"] for e in _events(store, "api_key.auth_failed")]
     assert sorted(reasons) == ["bad_secret"] + ["malformed"] * 4 + ["unknown_key"]
     assert wrong not in _audit_text(store)
 
 
 def test_an_expired_key_is_refused(store: CredentialStore) -> None:
-    _, api_key = store.create_api_key("partner", "predict", expires_at=T0 + timedelta(days=1))
-    assert store.authenticate_api_key(api_key, T0) is not None
-    assert store.authenticate_api_key(api_key, T0 + timedelta(days=1)) is None
+    _, api_key = store.api_keys.create("partner", "predict", expires_at=T0 + timedelta(days=1))
+    assert store.api_keys.authenticate(api_key, T0) is not None
+    assert store.api_keys.authenticate(api_key, T0 + timedelta(days=1)) is None
     assert _events(store, "api_key.auth_failed")[0].detail == {"reason": "expired"}
 
 
 def test_a_revoked_key_is_refused(store: CredentialStore) -> None:
-    key_id, api_key = store.create_api_key("partner", "predict")
-    assert store.revoke_api_key(key_id, "ops")
-    assert store.authenticate_api_key(api_key, T0) is None
+    key_id, api_key = store.api_keys.create("partner", "predict")
+    assert store.api_keys.revoke(key_id, "ops")
+    assert store.api_keys.authenticate(api_key, T0) is None
     assert not store.is_subject_active("api_key", key_id, T0)
-    assert store.revoke_api_key(key_id, "ops")  # idempotent
-    assert store.revoke_api_key("nosuchkeyxxx", "ops") is False
+    assert store.api_keys.revoke(key_id, "ops")  # idempotent
+    assert store.api_keys.revoke("nosuchkeyxxx", "ops") is False
     assert len(_events(store, "api_key.revoked")) == 1
     assert _events(store, "api_key.auth_failed")[0].detail == {"reason": "revoked"}
 
 
 def test_another_owners_key_looks_missing(store: CredentialStore) -> None:
-    key_id, api_key = store.create_api_key("owner-a", "predict keys:manage")
-    assert store.get_api_key(key_id, owner="owner-b") is None
-    assert store.revoke_api_key(key_id, "owner-b", owner="owner-b") is False
-    assert store.rotate_api_key(key_id, actor="owner-b", owner="owner-b") is None
-    assert store.authenticate_api_key(api_key, T0) is not None
-    assert store.get_api_key(key_id, owner="owner-a") is not None
-    assert store.revoke_api_key(key_id, "owner-a", owner="owner-a")
+    key_id, api_key = store.api_keys.create("owner-a", "predict keys:manage")
+    assert store.api_keys.get(key_id, owner="owner-b") is None
+    assert store.api_keys.revoke(key_id, "owner-b", owner="owner-b") is False
+    assert store.api_keys.rotate(key_id, actor="owner-b", owner="owner-b") is None
+    assert store.api_keys.authenticate(api_key, T0) is not None
+    assert store.api_keys.get(key_id, owner="owner-a") is not None
+    assert store.api_keys.revoke(key_id, "owner-a", owner="owner-a")
 
 
 def test_list_api_keys_by_owner(store: CredentialStore) -> None:
-    a1, _ = store.create_api_key("a", "predict")
-    a2, _ = store.create_api_key("a", "metrics")
-    b1, _ = store.create_api_key("b", "predict")
-    assert {k.key_id for k in store.list_api_keys("a")} == {a1, a2}
-    assert {k.key_id for k in store.list_api_keys()} == {a1, a2, b1}
-    assert store.list_api_keys("nobody") == []
+    a1, _ = store.api_keys.create("a", "predict")
+    a2, _ = store.api_keys.create("a", "metrics")
+    b1, _ = store.api_keys.create("b", "predict")
+    assert {k.key_id for k in store.api_keys.list("a")} == {a1, a2}
+    assert {k.key_id for k in store.api_keys.list()} == {a1, a2, b1}
+    assert store.api_keys.list("nobody") == []
 
 
 def test_last_used_is_written_at_most_once_a_minute(store: CredentialStore) -> None:
-    key_id, api_key = store.create_api_key("partner", "predict")
+    key_id, api_key = store.api_keys.create("partner", "predict")
 
     def last_used() -> datetime | None:
-        record = store.get_api_key(key_id)
+        record = store.api_keys.get(key_id)
         assert record is not None
         return record.last_used_at
 
     assert last_used() is None
-    store.authenticate_api_key(api_key, T0)
+    store.api_keys.authenticate(api_key, T0)
     assert last_used() == T0
-    store.authenticate_api_key(api_key, T0 + timedelta(seconds=30))
+    store.api_keys.authenticate(api_key, T0 + timedelta(seconds=30))
     assert last_used() == T0
     later = T0 + LAST_USED_RESOLUTION + timedelta(seconds=1)
-    record = store.authenticate_api_key(api_key, later)
+    record = store.api_keys.authenticate(api_key, later)
     assert record is not None
     assert record.last_used_at == later
     assert last_used() == later
@@ -496,11 +496,11 @@ def test_last_used_is_written_at_most_once_a_minute(store: CredentialStore) -> N
 
 def test_rotation_keeps_the_old_key_for_a_grace_period(store: CredentialStore) -> None:
     now = datetime.now(UTC)
-    old_id, old_key = store.create_api_key("partner", "predict metrics", plan="gold")
-    rotated = store.rotate_api_key(old_id, actor="partner", grace=timedelta(minutes=5))
+    old_id, old_key = store.api_keys.create("partner", "predict metrics", plan="gold")
+    rotated = store.api_keys.rotate(old_id, actor="partner", grace=timedelta(minutes=5))
     assert rotated is not None
     new_id, new_key = rotated
-    new = store.authenticate_api_key(new_key, now)
+    new = store.api_keys.authenticate(new_key, now)
     assert new is not None
     assert (new.owner, new.scopes, new.plan, new.rotated_from) == (
         "partner",
@@ -508,20 +508,20 @@ def test_rotation_keeps_the_old_key_for_a_grace_period(store: CredentialStore) -
         "gold",
         old_id,
     )
-    assert store.authenticate_api_key(old_key, now + timedelta(minutes=4)) is not None
-    assert store.authenticate_api_key(old_key, now + timedelta(minutes=6)) is None
-    assert store.rotate_api_key(old_id, actor="partner") is None  # rotated once only
+    assert store.api_keys.authenticate(old_key, now + timedelta(minutes=4)) is not None
+    assert store.api_keys.authenticate(old_key, now + timedelta(minutes=6)) is None
+    assert store.api_keys.rotate(old_id, actor="partner") is None  # rotated once only
     assert _events(store, "api_key.rotated")[0].detail["new_key_id"] == new_id
 
 
 def test_bad_key_input_is_refused(store: CredentialStore) -> None:
     with pytest.raises(UnknownScopeError):
-        store.create_api_key("partner", "predict root")
+        store.api_keys.create("partner", "predict root")
     with pytest.raises(InvalidValueError):
-        store.create_api_key("\x1b[31mred", "predict")
+        store.api_keys.create("\x1b[31mred", "predict")
     with pytest.raises(ValueError, match="naive"):
-        store.create_api_key("partner", "predict", expires_at=datetime(2030, 1, 1))
-    assert store.list_api_keys() == []
+        store.api_keys.create("partner", "predict", expires_at=datetime(2030, 1, 1))
+    assert store.api_keys.list() == []
 
 
 # --- revoked tokens ------------------------------------------------------------------
@@ -529,28 +529,28 @@ def test_bad_key_input_is_refused(store: CredentialStore) -> None:
 
 def test_token_revocation(store: CredentialStore) -> None:
     now = datetime.now(UTC)
-    store.revoke_token("jti-1", now + timedelta(minutes=15), actor="client:x")
-    store.revoke_token("jti-1", now + timedelta(minutes=15))  # idempotent
-    store.revoke_token("jti-old", now - timedelta(minutes=1))
-    assert store.is_token_revoked("jti-1")
-    assert not store.is_token_revoked("jti-2")
-    assert [r.jti for r in store.revoked_tokens_since(None, now)] == ["jti-1"]
-    assert store.revoked_tokens_since(now + timedelta(seconds=5), now) == []
-    assert [r.jti for r in store.revoked_tokens_since(now - timedelta(seconds=5), now)] == ["jti-1"]
-    assert store.purge_expired_revocations(now) == 1
-    assert not store.is_token_revoked("jti-old")
-    assert store.is_token_revoked("jti-1")
+    store.revocations.revoke("jti-1", now + timedelta(minutes=15), actor="client:x")
+    store.revocations.revoke("jti-1", now + timedelta(minutes=15))  # idempotent
+    store.revocations.revoke("jti-old", now - timedelta(minutes=1))
+    assert store.revocations.is_revoked("jti-1")
+    assert not store.revocations.is_revoked("jti-2")
+    assert [r.jti for r in store.revocations.since(None, now)] == ["jti-1"]
+    assert store.revocations.since(now + timedelta(seconds=5), now) == []
+    assert [r.jti for r in store.revocations.since(now - timedelta(seconds=5), now)] == ["jti-1"]
+    assert store.revocations.purge_expired(now) == 1
+    assert not store.revocations.is_revoked("jti-old")
+    assert store.revocations.is_revoked("jti-1")
     assert len(_events(store, "token.revoked")) == 2
     with pytest.raises(InvalidValueError):
-        store.revoke_token("", now)
+        store.revocations.revoke("", now)
 
 
 # --- audit ---------------------------------------------------------------------------
 
 
 def test_audit_redacts_secrets(store: CredentialStore) -> None:
-    _, api_key = store.create_api_key("partner", "predict")
-    store.audit(
+    _, api_key = store.api_keys.create("partner", "predict")
+    store.audit.record(
         "custom.event",
         "admin",
         "subject-1",
@@ -578,17 +578,17 @@ def test_audit_redacts_secrets(store: CredentialStore) -> None:
 
 
 def test_every_change_and_failure_is_audited_without_secrets(store: CredentialStore) -> None:
-    client_id, client_secret = store.create_client("c", "predict")
-    store.authenticate_client(client_id, "nope", ip="198.51.100.1")
-    store.disable_client(client_id)
-    store.create_user("gina", PASSWORD, "predict")
-    store.authenticate_user("gina", "wrong password!", T0)
-    store.disable_user("gina")
-    key_id, api_key = store.create_api_key("p", "predict")
-    store.authenticate_api_key("hpa_bogus", T0)
-    store.revoke_api_key(key_id)
-    store.revoke_token("jti-9", T0)
-    events = {e.event for e in store.recent_audit_events(1000)}
+    client_id, client_secret = store.clients.create("c", "predict")
+    store.clients.authenticate(client_id, "nope", ip="198.51.100.1")
+    store.clients.disable(client_id)
+    store.users.create("gina", PASSWORD, "predict")
+    store.users.authenticate("gina", "wrong password!", T0)
+    store.users.disable("gina")
+    key_id, api_key = store.api_keys.create("p", "predict")
+    store.api_keys.authenticate("hpa_bogus", T0)
+    store.api_keys.revoke(key_id)
+    store.revocations.revoke("jti-9", T0)
+    events = {e.event for e in store.audit.recent(1000)}
     assert events == {
         "client.created",
         "client.auth_failed",
@@ -619,16 +619,16 @@ def test_a_short_pepper_is_refused(engine: Engine) -> None:
 def test_keys_do_not_survive_a_pepper_change(
     engine: Engine, store: CredentialStore, hasher: PasswordHasher
 ) -> None:
-    _, api_key = store.create_api_key("partner", "predict")
+    _, api_key = store.api_keys.create("partner", "predict")
     other = CredentialStore(engine, b"another pepper of enough length!", hasher=hasher)
-    assert other.authenticate_api_key(api_key, T0) is None
+    assert other.api_keys.authenticate(api_key, T0) is None
 
 
 def test_orm_rows_stay_inside_the_store(store: CredentialStore) -> None:
-    store.create_client("c", "predict")
-    store.create_user("hank", PASSWORD, "predict")
-    store.create_api_key("p", "predict")
-    for value in (*store.list_clients(), *store.list_users(), *store.list_api_keys()):
+    store.clients.create("c", "predict")
+    store.users.create("hank", PASSWORD, "predict")
+    store.api_keys.create("p", "predict")
+    for value in (*store.clients.list(), *store.users.list(), *store.api_keys.list()):
         assert not isinstance(value, Client | User | ApiKey)
         assert dataclasses.is_dataclass(value)
 

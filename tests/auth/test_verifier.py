@@ -54,7 +54,7 @@ def _token(verifier: CredentialVerifier, client_id: str) -> tuple[str, str]:
 def test_a_token_needs_the_store_until_its_caches_are_warm(
     store: CredentialStore, verifier: CredentialVerifier, clock: Clock
 ) -> None:
-    client_id, _ = store.create_client("app", {"predict"})
+    client_id, _ = store.clients.create("app", {"predict"})
     token, _ = _token(verifier, client_id)
     with pytest.raises(StoreNeeded):
         verifier.verify_bearer(token, cached_only=True)
@@ -68,7 +68,7 @@ def test_a_token_needs_the_store_until_its_caches_are_warm(
 def test_a_forged_token_is_refused_without_the_store(
     store: CredentialStore, verifier: CredentialVerifier
 ) -> None:
-    client_id, _ = store.create_client("app", {"predict"})
+    client_id, _ = store.clients.create("app", {"predict"})
     token, _ = _token(verifier, client_id)
     with pytest.raises(CredentialRejected):
         verifier.verify_bearer(token[:-4] + "AAAA", cached_only=True)
@@ -77,10 +77,10 @@ def test_a_forged_token_is_refused_without_the_store(
 def test_revocation_and_disabling_are_seen_after_the_refresh(
     store: CredentialStore, verifier: CredentialVerifier, clock: Clock
 ) -> None:
-    client_id, _ = store.create_client("app", {"predict"})
+    client_id, _ = store.clients.create("app", {"predict"})
     token, jti = _token(verifier, client_id)
     verifier.verify_bearer(token)
-    store.revoke_token(jti, datetime.now(UTC) + timedelta(minutes=10))
+    store.revocations.revoke(jti, datetime.now(UTC) + timedelta(minutes=10))
     clock.now += verifier.refresh_seconds
     with pytest.raises(StoreNeeded):
         verifier.verify_bearer(token, cached_only=True)
@@ -88,7 +88,7 @@ def test_revocation_and_disabling_are_seen_after_the_refresh(
         verifier.verify_bearer(token)
 
     other, _ = _token(verifier, client_id)
-    store.disable_client(client_id)
+    store.clients.disable(client_id)
     clock.now += verifier.refresh_seconds
     with pytest.raises(CredentialRejected, match="subject_disabled"):
         verifier.verify_bearer(other)
@@ -97,12 +97,12 @@ def test_revocation_and_disabling_are_seen_after_the_refresh(
 def test_an_api_key_is_served_from_cache_only_once_verified(
     store: CredentialStore, verifier: CredentialVerifier, clock: Clock
 ) -> None:
-    key_id, api_key = store.create_api_key("partner", {"predict"})
+    key_id, api_key = store.api_keys.create("partner", {"predict"})
     with pytest.raises(StoreNeeded):
         verifier.verify_api_key(api_key, cached_only=True)
     assert verifier.verify_api_key(api_key).subject == key_id
     assert verifier.verify_api_key(api_key, cached_only=True).subject == key_id
-    store.revoke_api_key(key_id)
+    store.api_keys.revoke(key_id)
     clock.now += verifier.refresh_seconds
     with pytest.raises(StoreNeeded):
         verifier.verify_api_key(api_key, cached_only=True)
@@ -113,7 +113,7 @@ def test_an_api_key_is_served_from_cache_only_once_verified(
 def test_a_verified_token_is_cached_but_still_expires(
     store: CredentialStore, verifier: CredentialVerifier, clock: Clock
 ) -> None:
-    client_id, _ = store.create_client("app", {"predict"})
+    client_id, _ = store.clients.create("app", {"predict"})
     token, _ = _token(verifier, client_id)
     verifier.verify_bearer(token)
     wall = [time.time()]
@@ -127,7 +127,7 @@ def test_a_verified_token_is_cached_but_still_expires(
 def test_the_cache_never_answers_for_a_token_that_differs_in_one_byte(
     store: CredentialStore, verifier: CredentialVerifier
 ) -> None:
-    client_id, _ = store.create_client("app", {"predict"})
+    client_id, _ = store.clients.create("app", {"predict"})
     token, _ = _token(verifier, client_id)
     verifier.verify_bearer(token)
     header, payload, signature = token.split(".")

@@ -125,7 +125,7 @@ def new_client(store: CredentialStore) -> NewClient:
 
     def make(scopes: str = "predict", name: str | None = None) -> tuple[str, str]:
         # Client names are unique: number them unless the test names its own.
-        return store.create_client(name or f"partner-{next(names)}", scopes, actor="test")
+        return store.clients.create(name or f"partner-{next(names)}", scopes, actor="test")
 
     return make
 

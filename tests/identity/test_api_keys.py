@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from app.identity import pepper
 from app.settings import Settings
 from auth.secrets import generate_key_id, generate_secret, hmac_secret
 from auth.store import CredentialStore
+from auth.wiring import pepper
 from tests.identity.support import (
     Cli,
     api_key,
@@ -77,7 +77,7 @@ async def test_empty_key_is_no_credential(client: httpx.AsyncClient) -> None:
 
 async def test_expired_key_is_401(client: httpx.AsyncClient, store: CredentialStore) -> None:
     past = datetime.now(UTC) - timedelta(minutes=1)
-    _, key = store.create_api_key("Acme Realty", "predict", expires_at=past)
+    _, key = store.api_keys.create("Acme Realty", "predict", expires_at=past)
     assert_unauthenticated(await predict(client, api_key(key)))
 
 
@@ -176,7 +176,7 @@ async def test_cli_json_outputs_are_one_object(
     )
     assert user["username"] == "bob"
     assert "password" not in user
-    assert store.authenticate_user("bob", "a long enough password") is not None
+    assert store.users.authenticate("bob", "a long enough password") is not None
 
 
 @pytest.mark.parametrize(

@@ -367,7 +367,7 @@ async def test_es256_algorithm_confusion_is_refused(
 
 @pytest.fixture
 def valid_api_key(store: CredentialStore) -> str:
-    _, key = store.create_api_key("partner-x", "predict")
+    _, key = store.api_keys.create("partner-x", "predict")
     return key
 
 

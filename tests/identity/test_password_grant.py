@@ -29,7 +29,7 @@ def settings(make_settings: Callable[..., Settings], algorithm: str) -> Settings
 
 @pytest.fixture
 def user(store: CredentialStore) -> str:
-    store.create_user(USERNAME, PASSWORD, "predict models:read")
+    store.users.create(USERNAME, PASSWORD, "predict models:read")
     return USERNAME
 
 
@@ -88,7 +88,7 @@ async def test_repeated_failures_lock_the_account(
     for _ in range(LockoutPolicy().threshold):
         refused = await login(client, user, WRONG_PASSWORD)
         assert_oauth_error(refused, 400, "invalid_grant", WRONG_PASSWORD)
-    record = store.get_user(user)
+    record = store.users.get(user)
     assert record is not None
     assert record.locked_until is not None
     # Locked: even the right password is refused, with the very same answer.
@@ -101,7 +101,7 @@ async def test_repeated_failures_lock_the_account(
 async def test_disabled_user_is_refused(
     client: httpx.AsyncClient, store: CredentialStore, user: str
 ) -> None:
-    assert store.disable_user(user)
+    assert store.users.disable(user)
     response = await login(client, user, PASSWORD)
     assert_oauth_error(response, 400, "invalid_grant", PASSWORD)
 
@@ -112,7 +112,7 @@ async def test_disabled_user_token_is_refused(
     response = await login(client, user, PASSWORD)
     token = response.json()["access_token"]
     assert (await predict(client, bearer(token))).status_code == 200
-    assert store.disable_user(user)
+    assert store.users.disable(user)
     await seconds_until_refused(lambda: predict(client, bearer(token)))
 
 
@@ -148,7 +148,7 @@ async def test_hostile_usernames_are_merely_unknown(
         overrides["database_url"] = request.getfixturevalue("postgres_url")
     app = create_app(make_settings("HS256", **overrides))
     async for client in open_client(app):
-        app.state.services.store.create_user(USERNAME, PASSWORD, "predict")
+        app.state.services.store.users.create(USERNAME, PASSWORD, "predict")
         expected = await login(client, USERNAME, WRONG_PASSWORD)
         assert_oauth_error(expected, 400, "invalid_grant")
         for username in HOSTILE_USERNAMES:

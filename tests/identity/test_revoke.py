@@ -56,7 +56,7 @@ async def test_owner_revokes_its_token(
     assert response.status_code == 200, response.text
     assert "no-store" in response.headers["cache-control"]
     assert secret not in response.text
-    assert store.is_token_revoked(jti_of(token))
+    assert store.revocations.is_revoked(jti_of(token))
     # Refused from then on, by this worker at once.
     await seconds_until_refused(lambda: predict(client, bearer(token)), deadline=0.0)
     # Revoking again is harmless; other tokens of the same client still work.
@@ -116,7 +116,7 @@ async def test_another_clients_token_is_not_revoked(
     response = await revoke(client, rival_id, rival_secret, token)
     # RFC 7009 §2.1: the request is refused with an RFC 6749 §5.2 error.
     assert_oauth_error(response, 400, "unauthorized_client", rival_secret, owner_secret)
-    assert not store.is_token_revoked(jti_of(token))
+    assert not store.revocations.is_revoked(jti_of(token))
     assert (await predict(client, bearer(token))).status_code == 200
 
 
@@ -128,7 +128,7 @@ async def test_revoke_without_client_authentication_is_invalid_client(
     response = await client.post("/revoke", data={"token": token})
     assert_oauth_error(response, 401, "invalid_client")
     assert "www-authenticate" in response.headers
-    assert not store.is_token_revoked(jti_of(token))
+    assert not store.revocations.is_revoked(jti_of(token))
 
 
 async def test_revoke_with_a_wrong_secret_is_invalid_client(
@@ -139,7 +139,7 @@ async def test_revoke_with_a_wrong_secret_is_invalid_client(
     wrong = secret[::-1]
     response = await revoke(client, client_id, wrong, token)
     assert_oauth_error(response, 401, "invalid_client", secret, wrong)
-    assert not store.is_token_revoked(jti_of(token))
+    assert not store.revocations.is_revoked(jti_of(token))
     assert (await predict(client, bearer(token))).status_code == 200
 
 

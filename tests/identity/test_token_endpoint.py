@@ -113,7 +113,7 @@ async def test_expires_in_is_the_configured_ttl(
     settings = make_settings(algorithm, access_token_ttl_seconds=123)
     app: FastAPI = create_app(settings)
     async for client in open_client(app):
-        client_id, secret = app.state.services.store.create_client("ttl", "predict")
+        client_id, secret = app.state.services.store.clients.create("ttl", "predict")
         response = await request_token(client, client_id, secret)
         token = assert_token_answer(response, settings, "predict")
         claims = decode_access_token(
@@ -254,7 +254,7 @@ async def test_password_grant_is_unsupported_when_disabled(
 ) -> None:
     assert settings.password_grant_enabled is False
     password = "correct horse battery staple"
-    store.create_user("alice", password, "predict")
+    store.users.create("alice", password, "predict")
     response = await client.post(
         "/token", data={"grant_type": "password", "username": "alice", "password": password}
     )
@@ -278,6 +278,6 @@ async def test_disabled_client_gets_no_token(
     client: httpx.AsyncClient, store: CredentialStore, new_client: NewClient
 ) -> None:
     client_id, secret = new_client("predict")
-    assert store.disable_client(client_id)
+    assert store.clients.disable(client_id)
     response = await request_token(client, client_id, secret)
     assert_oauth_error(response, 401, "invalid_client", secret)

@@ -52,7 +52,7 @@ def as_key(app: FastAPI, api_key: str) -> httpx.AsyncClient:
 
 
 def partner(app: FastAPI, owner: str, scopes: str = MANAGE) -> str:
-    return str(app.state.services.store.create_api_key(owner, scopes)[1])
+    return str(app.state.services.store.api_keys.create(owner, scopes)[1])
 
 
 def key_id(api_key: str) -> str:
@@ -169,7 +169,7 @@ async def test_admin_may_act_on_any_key_and_it_is_audited(app: FastAPI) -> None:
         listed = (await operator.get("/v1/keys")).json()["keys"]
         assert key_id(victim) in {k["key_id"] for k in listed}
         assert (await operator.delete(f"/v1/keys/{key_id(victim)}")).status_code == 204
-    events = app.state.services.store.recent_audit_events(event="api_key.revoked")
+    events = app.state.services.store.audit.recent(event="api_key.revoked")
     assert events[0].subject == key_id(victim)
     assert events[0].actor == f"api_key:{key_id(admin)}"
 
@@ -183,7 +183,7 @@ async def test_keys_need_the_keys_manage_scope(app: FastAPI) -> None:
 
 
 async def test_a_client_token_manages_keys_of_its_own_name(app: FastAPI) -> None:
-    client_id, secret = app.state.services.store.create_client("acme-app", MANAGE)
+    client_id, secret = app.state.services.store.clients.create("acme-app", MANAGE)
     other = partner(app, "someone-else")
     transport = httpx.ASGITransport(app=app, client=("192.0.2.31", 5001))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

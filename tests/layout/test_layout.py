@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-WHEEL = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"][
-    "targets"
-]["wheel"]["packages"]
+WHEEL = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"][
+    "wheel"
+]["packages"]
 # Package -> the packages of ours it may import (besides itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "db": set(),
@@ -53,7 +53,8 @@ def _allowed(name: str, package: str) -> bool:
     if top not in MAY_IMPORT or top == package:
         return True
     return any(name == ok or name.startswith(ok + ".") for ok in MAY_IMPORT[package]) or any(
-        ok.startswith(name + ".") for ok in MAY_IMPORT[package]  # "from app import settings"
+        ok.startswith(name + ".")
+        for ok in MAY_IMPORT[package]  # "from app import settings"
     )
 
 

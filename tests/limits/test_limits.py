@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 
 
 def api_key(app: FastAPI, scopes: str = "predict models:read", plan: str = "default") -> str:
-    return str(app.state.services.store.create_api_key("limits-test", scopes, plan)[1])
+    return str(app.state.services.store.api_keys.create("limits-test", scopes, plan)[1])
 
 
 def assert_quota_headers(response: httpx.Response) -> None:
@@ -98,7 +98,7 @@ async def test_one_callers_usage_never_throttles_another(
 
 async def test_bearer_tokens_are_limited_per_client(build_app: Callable[..., FastAPI]) -> None:
     async with running(build_app(rate_limit_predict="2/minute")) as app:
-        client_id, secret = app.state.services.store.create_client(None, "predict")
+        client_id, secret = app.state.services.store.clients.create(None, "predict")
         async with http(app) as anonymous:
             tokens = []
             for _ in range(2):  # two tokens, one client: one budget
@@ -143,7 +143,7 @@ async def test_token_endpoint_counts_every_attempt_per_address(
     build_app: Callable[..., FastAPI],
 ) -> None:
     async with running(build_app(rate_limit_token="3/minute")) as app:
-        client_id, secret = app.state.services.store.create_client(None, "predict")
+        client_id, secret = app.state.services.store.clients.create(None, "predict")
         form = {"grant_type": "client_credentials"}
         async with http(app) as client:
             good = [
@@ -163,7 +163,7 @@ async def test_failed_logins_lock_the_client_across_addresses(
     """A brute force spread over many addresses still hits the per-client counter,
     and once it is throttled even the right secret gets 429 until the window passes."""
     async with running(build_app(rate_limit_token="4/minute")) as app:
-        client_id, secret = app.state.services.store.create_client(None, "predict")
+        client_id, secret = app.state.services.store.clients.create(None, "predict")
         form = {"grant_type": "client_credentials"}
         for i in range(4):
             async with http(app, peer=f"192.0.2.{i + 1}") as attacker:

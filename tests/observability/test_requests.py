@@ -46,7 +46,7 @@ def http(app: FastAPI, **headers: str) -> httpx.AsyncClient:
 
 
 def key(app: FastAPI, scopes: str) -> str:
-    return str(app.state.services.store.create_api_key("observability", scopes)[1])
+    return str(app.state.services.store.api_keys.create("observability", scopes)[1])
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -133,7 +133,7 @@ async def test_metrics_need_the_metrics_scope(app: FastAPI) -> None:
 
 
 async def test_metrics_accept_a_bearer_token(app: FastAPI) -> None:
-    client_id, secret = app.state.services.store.create_client(None, "metrics")
+    client_id, secret = app.state.services.store.clients.create(None, "metrics")
     async with http(app) as client:
         token = (
             await client.post(

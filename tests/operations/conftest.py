@@ -85,7 +85,7 @@ def http(app: FastAPI, **headers: str) -> httpx.AsyncClient:
 
 def api_key(app: FastAPI, scopes: str) -> dict[str, str]:
     """``X-API-Key`` headers for a new key with ``scopes`` in the running app's store."""
-    _key_id, key = app.state.services.store.create_api_key("operations-test", scopes)
+    _key_id, key = app.state.services.store.api_keys.create("operations-test", scopes)
     return {"X-API-Key": key}
 
 

@@ -177,7 +177,7 @@ async def test_metrics_carry_a_drift_gauge_per_feature(
     async with app.router.lifespan_context(app):
         store = app.state.services.store
         async with http(
-            app, **{"X-API-Key": store.create_api_key("p", "predict metrics")[1]}
+            app, **{"X-API-Key": store.api_keys.create("p", "predict metrics")[1]}
         ) as client:
             answer = await client.post("/v1/predict/batch", json={"instances": houses})
             assert answer.status_code == 200, answer.text

@@ -25,7 +25,7 @@ META = ["id", "at", "request_id", "batch_index", "principal", "model_version", "
 @pytest.fixture
 async def logged(running: FastAPI) -> dict[str, str]:
     """Three v1 predictions (a single and a batch of two) and one v2; their request ids."""
-    headers = {"X-API-Key": running.state.services.store.create_api_key("p", "predict")[1]}
+    headers = {"X-API-Key": running.state.services.store.api_keys.create("p", "predict")[1]}
     async with http(running, **headers) as client:
         ids = {
             "single": (await client.post("/v1/predict", json=V1_HOUSE)).headers["X-Request-ID"],

@@ -67,7 +67,7 @@ def batch(model: LoadedModel, rows: int, *, at: float | None = None) -> Predicti
 async def test_every_prediction_is_logged_with_its_inputs_answer_model_caller_and_request(
     running: FastAPI, log_engine: Engine
 ) -> None:
-    key_id, key = running.state.services.store.create_api_key("partner", "predict")
+    key_id, key = running.state.services.store.api_keys.create("partner", "predict")
     started = datetime.now(UTC)
     async with http(running, **{"X-API-Key": key}) as client:
         single = await client.post(
@@ -106,7 +106,7 @@ async def test_every_prediction_is_logged_with_its_inputs_answer_model_caller_an
 
 async def test_refused_requests_are_not_logged(running: FastAPI, log_engine: Engine) -> None:
     async with http(
-        running, **{"X-API-Key": running.state.services.store.create_api_key("p", "predict")[1]}
+        running, **{"X-API-Key": running.state.services.store.api_keys.create("p", "predict")[1]}
     ) as client:
         assert (
             await client.post("/v1/predict", json={**V1_HOUSE, "lotsize": -1})
@@ -123,7 +123,7 @@ async def test_the_log_can_be_turned_off(
     app = create_app(make_settings(prediction_log_enabled=False))
     async with app.router.lifespan_context(app):
         assert app.state.services.prediction_log is None
-        headers = {"X-API-Key": app.state.services.store.create_api_key("p", "predict")[1]}
+        headers = {"X-API-Key": app.state.services.store.api_keys.create("p", "predict")[1]}
         async with http(app, **headers) as client:
             assert (await client.post("/v1/predict", json=V1_HOUSE)).status_code == 200
     assert logged(log_engine) == []
@@ -137,7 +137,7 @@ async def test_shadow_mode_scores_v2_requests_with_v1_too_and_marks_those_rows(
 ) -> None:
     app = create_app(make_settings(shadow_mode=True))
     async with app.router.lifespan_context(app):
-        headers = {"X-API-Key": app.state.services.store.create_api_key("p", "predict")[1]}
+        headers = {"X-API-Key": app.state.services.store.api_keys.create("p", "predict")[1]}
         async with http(app, **headers) as client:
             houses = [V2_HOUSE, {**V2_HOUSE, "lotsize": 12000, "airco": True}]
             answer = await client.post("/v2/predict/batch", json={"instances": houses})
@@ -164,7 +164,7 @@ async def test_shadow_mode_scores_v2_requests_with_v1_too_and_marks_those_rows(
 async def test_without_shadow_mode_nothing_is_shadowed(
     running: FastAPI, log_engine: Engine
 ) -> None:
-    headers = {"X-API-Key": running.state.services.store.create_api_key("p", "predict")[1]}
+    headers = {"X-API-Key": running.state.services.store.api_keys.create("p", "predict")[1]}
     async with http(running, **headers) as client:
         assert (await client.post("/v2/predict", json=V2_HOUSE)).status_code == 200
     flush(running)

@@ -20,8 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from app.identity import open_store
 from app.settings import Settings
+from auth.wiring import open_store
+from migrations import upgrade_schema
 from monitoring.models import TABLE
 from monitoring.predictionlog import iter_predictions, make_log_engine, query, stream
 from tests.operations.conftest import wait_until
@@ -53,8 +54,8 @@ def settings_of(root: Path, model_dir: Path) -> Settings:
 
 
 def new_key(root: Path, model_dir: Path, scopes: str) -> str:
-    with open_store(settings_of(root, model_dir)) as store:
-        key: str = store.create_api_key("operations-test", scopes)[1]
+    with open_store(settings_of(root, model_dir), upgrade_schema) as store:
+        key: str = store.api_keys.create("operations-test", scopes)[1]
     return key
 
 

@@ -39,7 +39,7 @@ async def app(
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    _, api_key = app.state.services.store.create_api_key("conformance", ALL_SCOPES_TEXT)
+    _, api_key = app.state.services.store.api_keys.create("conformance", ALL_SCOPES_TEXT)
     transport = httpx.ASGITransport(app=app, client=("192.0.2.44", 4000))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://testserver", headers={"X-API-Key": api_key}
@@ -95,7 +95,7 @@ async def test_key_routes_accept_whole_number_floats_too(client: httpx.AsyncClie
 
 async def test_oauth_ignores_unknown_parameters_even_repeated(app: FastAPI) -> None:
     """RFC 6749 §3.1: unrecognized parameters are ignored; only known ones may not repeat."""
-    client_id, secret = app.state.services.store.create_client("conformance", "predict")
+    client_id, secret = app.state.services.store.clients.create("conformance", "predict")
     transport = httpx.ASGITransport(app=app, client=("192.0.2.45", 4000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         answer = await http.post(

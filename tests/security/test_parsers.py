@@ -27,7 +27,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from app.routes.keys import CreateKey, RotateKey
-from app.routes.oauth import ClientCredentials, OAuthError, _client_credentials
 from app.schemas import BatchV1, BatchV2, HouseV1, HouseV2
 from auth.jwt_keys import (
     SigningKeys,
@@ -35,6 +34,7 @@ from auth.jwt_keys import (
     signing_keys_from_pem,
     signing_keys_from_secret,
 )
+from auth.oauth import ClientCredentials, OAuthError, client_credentials
 from auth.secrets import format_api_key, parse_api_key
 from auth.tokens import InvalidTokenError, decode_access_token, issue_access_token
 from ml.features import FEATURES
@@ -176,7 +176,7 @@ def test_parse_api_key_accepts_only_the_canonical_form(value: object) -> None:
         assert len(value) <= 200
 
 
-# --- HTTP Basic client authentication: _client_credentials ---------------------------
+# --- HTTP Basic client authentication: auth.oauth.client_credentials -----------------
 
 
 def _request(authorization: bytes | None) -> Request:
@@ -200,7 +200,7 @@ def test_basic_header_parser_answers_credentials_none_or_an_oauth_error(
     authorization: bytes | None, form: dict[str, str]
 ) -> None:
     try:
-        result = _client_credentials(_request(authorization), form)
+        result = client_credentials(_request(authorization).headers.get("authorization"), form)
     except OAuthError as error:
         status = error.status
     else:
@@ -219,7 +219,7 @@ def test_basic_credentials_round_trip_form_urlencoded(client_id: str, secret: st
     """RFC 6749 §2.3.1: each part is form-urlencoded, then joined with ':' and base64."""
     pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
     header = b"Basic " + base64.b64encode(pair)
-    result = _client_credentials(_request(header), {})
+    result = client_credentials(_request(header).headers.get("authorization"), {})
     assert result == ClientCredentials(client_id, secret, used_basic=True)
 
 
@@ -294,8 +294,8 @@ def http(security_app: FastAPI) -> Iterator[Http]:
 def genuine(security_app: FastAPI, http: Http) -> dict[str, str]:
     """A real API key, client and bearer token, all holding every scope."""
     store = security_app.state.services.store
-    _, api_key = store.create_api_key("property-tests", ALL_SCOPES_TEXT)
-    client_id, secret = store.create_client("property-tests", ALL_SCOPES_TEXT)
+    _, api_key = store.api_keys.create("property-tests", ALL_SCOPES_TEXT)
+    client_id, secret = store.clients.create("property-tests", ALL_SCOPES_TEXT)
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
     answer = http.request(
         "POST",

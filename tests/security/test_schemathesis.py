@@ -137,14 +137,14 @@ def operations(api: FastAPI) -> set[str]:
 
 @pytest.fixture(scope="module")
 def api_key(api: FastAPI) -> str:
-    _, key = api.state.services.store.create_api_key("schemathesis", ALL_SCOPES_TEXT)
+    _, key = api.state.services.store.api_keys.create("schemathesis", ALL_SCOPES_TEXT)
     return str(key)
 
 
 @pytest.fixture(scope="module")
 def access_token(api: FastAPI) -> str:
     """A bearer token from the app's own POST /token, for a client holding every scope."""
-    client_id, secret = api.state.services.store.create_client("schemathesis", ALL_SCOPES_TEXT)
+    client_id, secret = api.state.services.store.clients.create("schemathesis", ALL_SCOPES_TEXT)
     with asgi.get_client(api) as http:
         answer = http.post(
             "/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)

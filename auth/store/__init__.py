@@ -1,0 +1,129 @@
+"""The credential store: clients, users, API keys, revoked tokens and the audit trail.
+
+Synchronous SQLAlchemy; the HTTP layer calls these methods in a threadpool. Callers
+get small frozen records, never ORM rows, and never a hash: a record can be printed
+or logged as it is. Secrets are shown once by the ``create`` methods and only their
+HMAC (machine secrets) or argon2 hash (passwords) is kept.
+
+One repository per aggregate (``store.clients``, ``store.users``, ``store.api_keys``,
+``store.revocations``, ``store.audit``), all over one ``StoreContext``. To add one:
+subclass ``auth.store.context.Repository`` in its own module and build it in
+``CredentialStore.__init__`` (and in ``is_subject_active`` if it can own tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from auth.passwords import PasswordHasher, default_hasher
+from auth.principal import PrincipalKind
+from auth.store.api_keys import DEFAULT_ROTATION_GRACE, LAST_USED_RESOLUTION, ApiKeyRepository
+from auth.store.audit import AuditLog
+from auth.store.clients import ClientRepository
+from auth.store.context import Repository, StoreContext
+from auth.store.records import (
+    MAX_JTI_LENGTH,
+    MAX_LABEL_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SECRET_LENGTH,
+    MAX_USERNAME_LENGTH,
+    REDACTED,
+    ApiKeyRecord,
+    AuditRecord,
+    ClientRecord,
+    RevokedTokenRecord,
+    ScopesArg,
+    UserRecord,
+    _aware,
+)
+from auth.store.revocations import RevocationRepository
+from auth.store.users import LockoutPolicy, UserRepository
+from db.engine import make_session_factory
+
+__all__ = [
+    "DEFAULT_ROTATION_GRACE",
+    "LAST_USED_RESOLUTION",
+    "MAX_JTI_LENGTH",
+    "MAX_LABEL_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_SECRET_LENGTH",
+    "MAX_USERNAME_LENGTH",
+    "REDACTED",
+    "ApiKeyRecord",
+    "ApiKeyRepository",
+    "AuditLog",
+    "AuditRecord",
+    "ClientRecord",
+    "ClientRepository",
+    "CredentialStore",
+    "LockoutPolicy",
+    "Repository",
+    "RevocationRepository",
+    "RevokedTokenRecord",
+    "ScopesArg",
+    "StoreContext",
+    "UserRecord",
+    "UserRepository",
+]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CredentialStore:
+    """Every read and write of credentials, with an audit row for each change and failure.
+
+    ``engine`` must already be at the newest schema (``migrations.upgrade_schema``); the
+    store does not own it, so the caller disposes of it. ``pepper`` is the HMAC key from
+    ``auth.secrets.load_or_create_pepper``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        pepper: bytes,
+        *,
+        hasher: PasswordHasher | None = None,
+        lockout: LockoutPolicy | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        context = StoreContext(  # refuses a short pepper before anything is built
+            sessions=make_session_factory(engine),
+            pepper=pepper,
+            hasher=hasher if hasher is not None else default_hasher(),
+            clock=clock,
+        )
+        self._context = context
+        self.audit = AuditLog(context)
+        self.clients = ClientRepository(context, self.audit)
+        self.users = UserRepository(context, self.audit, lockout or LockoutPolicy())
+        self.api_keys = ApiKeyRepository(context, self.audit)
+        self.revocations = RevocationRepository(context, self.audit)
+
+    def ping(self) -> bool:
+        """Whether the database answers (for ``/readyz``)."""
+        try:
+            with self._context.sessions() as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def is_subject_active(
+        self, kind: PrincipalKind, subject: str, now: datetime | None = None
+    ) -> bool:
+        """Whether a token's subject may still act: it exists and is not disabled (or, for
+        a key, revoked, expired or past its grace). A lockout does not end issued tokens."""
+        now = _aware(now, self._context.clock)
+        if kind == "client":
+            return self.clients.is_active(subject)
+        if kind == "user":
+            return self.users.is_active(subject)
+        if kind == "api_key":
+            return self.api_keys.is_active(subject, now)
+        return False
