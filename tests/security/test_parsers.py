@@ -2,7 +2,7 @@
 
 Two promises, for any input: the parser never raises past its handler (no 500),
 and nothing but the genuine credential ever authenticates. The unit tests in
-tests/auth and tests/identity pin individual attacks; here Hypothesis searches
+tests/auth and tests/auth_http pin individual attacks; here Hypothesis searches
 around them: splices and edits of genuine tokens and keys, arbitrary header bytes,
 arbitrary Basic credentials and arbitrary JSON bodies.
 """
@@ -320,7 +320,7 @@ def assert_problem(response: httpx.Response, status: int) -> None:
 @st.composite
 def presented(draw: st.DrawFn, genuine: str, scheme: bytes) -> tuple[bytes | None, bool]:
     """``(header value or None, whether it is the genuine credential)``. An empty
-    header counts as no header, as tests/identity's test_empty_key_is_no_credential has it."""
+    header counts as no header, as tests/auth_http's test_empty_key_is_no_credential has it."""
     choice = draw(st.sampled_from(["absent", "genuine", "edited", "arbitrary", "other"]))
     if choice == "absent":
         return None, False

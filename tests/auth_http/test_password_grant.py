@@ -12,8 +12,8 @@ from app.main import create_app
 from app.settings import Settings
 from auth.store import CredentialStore, LockoutPolicy
 from auth.tokens import decode_access_token
-from tests.identity.conftest import open_client
-from tests.identity.support import assert_oauth_error, bearer, predict, seconds_until_refused
+from tests.auth_http.conftest import open_client
+from tests.auth_http.support import assert_oauth_error, bearer, predict, seconds_until_refused
 
 pytestmark = pytest.mark.anyio
 

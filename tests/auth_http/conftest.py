@@ -23,7 +23,7 @@ from app.settings import Settings
 from auth.jwt_keys import generate_private_key_pem
 from auth.store import CredentialStore
 from cli.main import app as cli_app
-from tests.identity.support import Cli, NewClient
+from tests.auth_http.support import Cli, NewClient
 
 ALGORITHMS = ["HS256", "ES256"]
 CLIENT_ADDRESS = ("203.0.113.7", 40000)

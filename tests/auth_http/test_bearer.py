@@ -24,7 +24,7 @@ from auth.jwt_keys import (
 )
 from auth.store import CredentialStore
 from auth.tokens import MAX_TOKEN_BYTES, issue_access_token
-from tests.identity.support import (
+from tests.auth_http.support import (
     V1_HOUSE,
     NewClient,
     api_key,

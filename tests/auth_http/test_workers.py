@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from app.settings import Settings
 from cli.main import app as cli_app
 from deploy.processes import free_port
-from tests.identity.support import REVOCATION_DEADLINE_SECONDS, bearer, cli_json
+from tests.auth_http.support import REVOCATION_DEADLINE_SECONDS, bearer, cli_json
 from tests.support.houses import V1_HOUSE
 
 STARTUP_TIMEOUT_SECONDS = 90.0  # generous: a loaded CI box imports scikit-learn slowly

@@ -14,8 +14,8 @@ from app.main import create_app
 from app.settings import Settings
 from auth.store import CredentialStore
 from auth.tokens import decode_access_token
-from tests.identity.conftest import open_client
-from tests.identity.support import (
+from tests.auth_http.conftest import open_client
+from tests.auth_http.support import (
     NewClient,
     assert_oauth_error,
     b64url_decode_json,

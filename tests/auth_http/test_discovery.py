@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from jose import jwt
 
 from app.settings import Settings
-from tests.identity.support import NewClient, b64url_decode_json, get_token
+from tests.auth_http.support import NewClient, b64url_decode_json, get_token
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ import pytest
 from app.main import create_app
 from app.settings import Settings
 from auth.errors import ConfigError
-from tests.identity.conftest import write_private_key
+from tests.auth_http.conftest import write_private_key
 
 STRONG_PEPPER = secrets.token_urlsafe(48)
 

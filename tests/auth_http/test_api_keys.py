@@ -12,7 +12,7 @@ from app.settings import Settings
 from auth.secrets import generate_key_id, generate_secret, hmac_secret
 from auth.store import CredentialStore
 from auth.wiring import pepper
-from tests.identity.support import (
+from tests.auth_http.support import (
     Cli,
     api_key,
     assert_problem,
