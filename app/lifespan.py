@@ -111,7 +111,8 @@ async def lifespan(built: Services, app: FastAPI) -> AsyncIterator[None]:
             return await run_in_threadpool(store.ping)
 
         async def limiter_storage() -> bool:
-            return await run_in_threadpool(built.limiter.storage_ok)
+            shared = await built.budget.quota.check()  # the guarded routes' counters
+            return shared and await run_in_threadpool(built.limiter.storage_ok)
 
         built.readiness_checks.update(
             models=models_loaded, database=database, limiter=limiter_storage
@@ -156,3 +157,4 @@ async def _running_operations(built: Services) -> AsyncIterator[None]:
         if writer is not None:
             await asyncio.to_thread(writer.close)
         engine.dispose()
+        await built.budget.quota.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -30,16 +29,17 @@ from typing import Any, cast
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage, RedisStorage, Storage
-from limits.strategies import MovingWindowRateLimiter
-from limits.util import WindowStats
-from redis.exceptions import NoScriptError
+from limits.storage import MemoryStorage
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
+from app.quota import Quota, QuotaAnswer
 from app.settings import Settings
+from auth.principal import Principal
 
 logger = logging.getLogger("app.limits")
 
@@ -80,94 +80,57 @@ def cost_of_batch(rows: int) -> int:
     return 1 + rows // BATCH_ROWS_PER_UNIT
 
 
-class PipelinedMovingWindow(MovingWindowRateLimiter):
-    """The moving window, with one Redis round trip per guarded request instead of two.
-
-    SlowAPI hits the caller's window and then reads it again for the quota headers.
-    With Redis, :meth:`hit` sends limits' own acquire and read scripts in one pipeline
-    and keeps the window it read for the header read that follows in the same thread
-    (within a second). Anything else reads the storage as usual.
-    """
-
-    _FRESH_SECONDS = 1.0
-
-    def __init__(self, storage: Storage) -> None:
-        super().__init__(storage)
-        self._seen = threading.local()
-
-    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
-        storage = self.storage
-        if not isinstance(storage, RedisStorage):
-            return super().hit(item, *identifiers, cost=cost)
-        key = storage.prefixed_key(item.key_for(*identifiers))
-        expiry, now = item.get_expiry(), time.time()
-        acquire, read = storage.lua_acquire_moving_window, storage.lua_moving_window
-        acquire_args, read_args = (now, item.amount, expiry, cost), (now - expiry, item.amount)
-        # EVALSHA queued by hand: a pipeline holding Script objects first asks Redis
-        # SCRIPT EXISTS, one more round trip on every request.
-        pipe = cast(Any, storage.get_connection()).pipeline(transaction=False)
-        pipe.evalsha(acquire.sha, 1, key, *acquire_args)
-        pipe.evalsha(read.sha, 1, key, *read_args)
-        try:
-            acquired, window = pipe.execute()
-        except NoScriptError:  # Redis restarted or flushed its scripts: neither ran
-            acquired = acquire([key], list(acquire_args))  # these load them again
-            window = read([key], list(read_args))
-        start, count = (float(window[0]), int(window[1])) if window else (now, 0)
-        stats = WindowStats(start + expiry, item.amount - count)
-        self._seen.last = (item, identifiers, stats, time.monotonic())
-        return bool(acquired)
-
-    def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
-        last = getattr(self._seen, "last", None)
-        self._seen.last = None
-        if last is not None:
-            seen_item, seen_ids, stats, at = last
-            fresh = time.monotonic() - at < self._FRESH_SECONDS
-            if fresh and seen_item is item and seen_ids == identifiers:
-                return stats  # type: ignore[no-any-return]
-        return super().get_window_stats(item, *identifiers)
-
-
 class QuotaLimiter(Limiter):
-    """SlowAPI's Limiter, answering quota headers in both the X- and IETF styles.
+    """SlowAPI's Limiter, with a readiness probe of its storage.
 
-    Successful answers carry X-RateLimit-{Limit,Remaining,Reset} and the IETF
-    ``RateLimit-Policy`` / ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers);
-    429 answers add ``Retry-After``.
+    Its own header injection is off: :class:`QuotaHeaders` answers the quota in both
+    the X- and the IETF styles from the limit SlowAPI recorded for the request.
     """
-
-    @property
-    def storage(self) -> Storage:
-        return cast(Storage, self._storage)
 
     def storage_ok(self) -> bool:
         try:
-            return bool(self.storage.check())
+            return bool(self.limiter.storage.check())
         except Exception:
             return False
 
-    def _inject_headers(self, response: Response, current_limit: Any) -> Response:
-        if not (self.enabled and self._headers_enabled and current_limit is not None):
-            return response
-        if "RateLimit" in response.headers:
-            return response  # a narrower throttle (e.g. per client name) already answered
-        item, identifiers = current_limit
+
+class QuotaHeaders:
+    """X-RateLimit-{Limit,Remaining,Reset} and the IETF ``RateLimit-Policy`` /
+    ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers) on every answer of a
+    SlowAPI-limited route, read through SlowAPI's public surface: the limit it records
+    as ``request.state.view_rate_limit`` and the strategy its ``Limiter.limiter`` holds.
+    Answers that already carry the fields (a guarded route, a throttle's 429) are left.
+    """
+
+    def __init__(self, app: ASGIApp, limiter: QuotaLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_quota(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                current = scope.get("state", {}).get("view_rate_limit")
+                headers = MutableHeaders(scope=message)
+                if current is not None and "ratelimit" not in headers:
+                    quota = self._quota(current, limited=message["status"] == 429)
+                    for name, value in quota.items():
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_quota)
+
+    def _quota(self, current: tuple[RateLimitItem, list[str]], *, limited: bool) -> dict[str, str]:
+        item, identifiers = current
         try:
-            stats = self.limiter.get_window_stats(item, *identifiers)
+            stats = self.limiter.limiter.get_window_stats(item, *identifiers)
         except Exception:  # storage down: answer without quota rather than fail
             logger.warning("rate-limit storage unreachable while reading quota")
-            return response
-        set_quota_headers(response, item, stats.reset_time, stats.remaining)
-        return response
-
-
-def set_quota_headers(
-    response: Response, item: RateLimitItem, reset_time: float, remaining: int
-) -> None:
-    response.headers.update(
-        quota_headers(item, reset_time, remaining, limited=response.status_code == 429)
-    )
+            return {}
+        return quota_headers(item, stats.reset_time, stats.remaining, limited=limited)
 
 
 def quota_headers(
@@ -253,7 +216,7 @@ class FailureThrottle:
 
     @property
     def _local(self) -> bool:
-        return isinstance(self.limiter.storage, MemoryStorage)
+        return isinstance(self.limiter.limiter.storage, MemoryStorage)
 
 
 def _policy_name(item: RateLimitItem) -> str:
@@ -270,15 +233,38 @@ def build_limiter(settings: Settings) -> QuotaLimiter:
         strategy="moving-window",
         storage_uri=settings.redis_url or "memory://",
         storage_options=options,
-        headers_enabled=True,
+        headers_enabled=False,  # QuotaHeaders answers them
         in_memory_fallback_enabled=True,
         swallow_errors=True,
         key_prefix=KEY_PREFIX,
         config_filename=str(SLOWAPI_CONFIG),
     )
-    # SlowAPI builds its strategy from a name; ours answers the same, in fewer round trips.
-    limiter._limiter = PipelinedMovingWindow(limiter.storage)
     return limiter
+
+
+class PredictionBudget:
+    """The prediction quota of a caller: which counter it is charged on (one budget
+    across v1 and v2, singles and batches) and its plan's limit."""
+
+    def __init__(self, quota: Quota, settings: Settings) -> None:
+        self.quota = quota
+        self._settings = settings
+        self._items: dict[str, RateLimitItem] = {}
+
+    def subject(self, principal: Principal) -> str:
+        return f"{PREDICT_SCOPE}:{principal.id}"
+
+    def limit(self, principal: Principal) -> RateLimitItem:
+        item = self._items.get(principal.plan)
+        if item is None:
+            settings = self._settings
+            text = settings.rate_limit_plans.get(principal.plan, settings.rate_limit_predict)
+            item = self._items[principal.plan] = parse(text)
+        return item
+
+    async def charge(self, principal: Principal, cost: int) -> QuotaAnswer:
+        """One hit (cost 0: a read) that also answers the RateLimit fields."""
+        return await self.quota.hit(self.subject(principal), self.limit(principal), cost)
 
 
 def predict_limit(settings: Settings) -> Any:
@@ -304,7 +290,5 @@ async def rate_limited(request: Request, exc: Exception) -> Response:
         )
     else:
         response = problem_response(429, detail, slug="rate-limited")
-    limiter: QuotaLimiter = request.app.state.limiter
-    limiter._inject_headers(response, getattr(request.state, "view_rate_limit", None))
-    response.headers.setdefault("Retry-After", "1")
+    response.headers.setdefault("Retry-After", "1")  # QuotaHeaders adds the precise one
     return response

@@ -8,18 +8,36 @@ from fastapi import FastAPI
 from slowapi.errors import RateLimitExceeded
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.body_limit import MaxBodySizeMiddleware
 from app.errors import install_error_handlers
-from app.guards import LoadSheddingMiddleware, MaxBodySizeMiddleware
+from app.guard import Policy, PredictionGuard
 from app.lifespan import lifespan
-from app.limits import FailureThrottle, build_limiter, rate_limited
+from app.limits import (
+    FailureThrottle,
+    PredictionBudget,
+    QuotaHeaders,
+    build_limiter,
+    rate_limited,
+)
+from app.quota import Quota
 from app.request_context import RequestContextMiddleware
 from app.routes import admin, docs, health, jwks, models, oauth, predict, usage
 from app.routes import keys as key_routes
 from app.routes import metrics as metrics_route
 from app.settings import Settings
 from app.state import Services
+from auth.scopes import PREDICT
 from auth.wiring import pepper, signing_keys
 from monitoring.metrics import Metrics
+
+# The prediction routes, behind the guard layer: a single prediction is charged up front,
+# a batch only checked there and charged its whole cost once its rows are counted.
+GUARDED_ROUTES = {
+    "/v1/predict": Policy(frozenset({PREDICT}), cost=1),
+    "/v2/predict": Policy(frozenset({PREDICT}), cost=1),
+    "/v1/predict/batch": Policy(frozenset({PREDICT}), cost=0),
+    "/v2/predict/batch": Policy(frozenset({PREDICT}), cost=0),
+}
 
 API_DESCRIPTION = """
 Predicts 1987 sale prices of houses in Windsor, Ontario, from lot size, rooms and amenities.
@@ -35,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     pepper(settings)  # fail now, not on the first request, if it is missing or weak
     limiter = build_limiter(settings)
     built = Services(
+        budget=PredictionBudget(Quota(settings.redis_url), settings),
         settings=settings,
         metrics=Metrics(),
         limiter=limiter,
@@ -57,17 +76,16 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(RateLimitExceeded, rate_limited)
 
-    # Middleware runs outermost-last-added: proxy headers first, then shedding, then body.
+    # Middleware runs outermost-last-added: request context, proxy headers, the guard
+    # layer (prediction routes), then the body limit and quota headers of the others.
+    app.add_middleware(QuotaHeaders, limiter=limiter)
     app.add_middleware(
         MaxBodySizeMiddleware,
         max_bytes=settings.max_body_bytes,
         read_timeout=settings.body_read_timeout_seconds,
+        skip_paths=frozenset(GUARDED_ROUTES),
     )
-    app.add_middleware(
-        LoadSheddingMiddleware,
-        limit=settings.max_inflight_predictions,
-        path_prefixes=("/v1/predict", "/v2/predict"),
-    )
+    app.add_middleware(PredictionGuard, services=built, routes=GUARDED_ROUTES)
     # X-Forwarded-For/-Proto are believed only from FORWARDED_ALLOW_IPS (the Nginx host);
     # from anyone else they are ignored and the TCP peer stays the client address.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
@@ -75,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=built.metrics)
 
     app.include_router(health.router)
-    app.include_router(predict.build_router(limiter, settings))
+    app.include_router(predict.build_router(settings))
     app.include_router(models.build_router(limiter, settings))
     app.include_router(oauth.build_router(limiter, settings))
     app.include_router(jwks.router)

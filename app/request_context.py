@@ -35,7 +35,11 @@ def _route(scope: Scope) -> str:
     """The route template (bounded label cardinality), never the raw path."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    if isinstance(path, str):
+        return path
+    # Refused by the guard layer before FastAPI routed it: a guarded path is its template.
+    guarded = scope.get("state", {}).get("guarded_route")
+    return guarded if isinstance(guarded, str) else "unmatched"
 
 
 class RequestContextMiddleware:

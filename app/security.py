@@ -8,6 +8,7 @@ reverse. When both are valid the bearer token's principal is used.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
@@ -18,10 +19,11 @@ from fastapi.security import APIKeyHeader, OAuth2, SecurityScopes
 from app.errors import ApiError, TooManyRequests
 from app.limits import client_ip
 from app.single_flight import SingleFlight
-from app.state import services
+from app.state import Services, services
 from auth import scopes as S
 from auth.principal import Principal
-from auth.verifier import CredentialRejected, CredentialVerifier, StoreNeeded
+from auth.secrets import parse_api_key
+from auth.verifier import CredentialRejected, StoreNeeded
 
 REALM = "housing-api"
 
@@ -69,16 +71,6 @@ class InsufficientScope(ApiError):
         )
 
 
-async def get_verifier(request: Request) -> CredentialVerifier:
-    return services(request).verifier
-
-
-def _repeated_credential(request: Request) -> bool:
-    """A credential header sent twice: the second could hide behind a valid first one."""
-    headers = request.headers
-    return len(headers.getlist("authorization")) > 1 or len(headers.getlist("x-api-key")) > 1
-
-
 async def _verified(
     flights: SingleFlight, verify: Callable[..., Principal], credential: str, **options: Any
 ) -> Principal:
@@ -97,56 +89,98 @@ def _bearer_token(authorization: str) -> str:
     return token.strip()
 
 
-async def authenticate(
-    security_scopes: SecurityScopes,
-    request: Request,
-    verifier: Annotated[CredentialVerifier, Depends(get_verifier)],
-    authorization: Annotated[str | None, Depends(oauth2_scheme)],
-    api_key: Annotated[str | None, Depends(api_key_scheme)],
-) -> Principal:
-    """Resolve the caller and check the operation's scopes (any one of them suffices).
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """The credential headers of a request (each may have been sent more than once)."""
 
-    Runs on the event loop: verification is CPU work against per-worker caches, and
-    only the occasional cache refresh (a database read) or a Redis-backed throttle
-    moves to a worker thread. Each thread hand-off costs more than the check itself.
+    authorization: tuple[str, ...] = ()
+    api_key: tuple[str, ...] = ()
+
+    @classmethod
+    def from_request(cls, request: Request) -> Presented:
+        headers = request.headers
+        return cls(tuple(headers.getlist("authorization")), tuple(headers.getlist("x-api-key")))
+
+
+async def identify(
+    built: Services, presented: Presented, ip: str, state: dict[str, Any]
+) -> Principal:
+    """The caller, or ``Unauthenticated`` / ``TooManyRequests``; the refusal's reason goes
+    to ``state["auth_failure"]`` for the metrics and the log.
+
+    Shared by the guard layer (before the body is read) and the ``authenticate``
+    dependency. Runs on the event loop: verification is CPU work against per-worker
+    caches, and only the occasional cache refresh (a database read) or a Redis-backed
+    throttle moves to a worker thread. Each thread hand-off costs more than the check.
     """
-    ip = client_ip(request)
-    built = services(request)
-    throttle, flights = built.auth_throttle, built.credential_reads
+    # Empty header values count as absent, as FastAPI's security schemes read them.
+    authorization = next((v for v in presented.authorization if v), None)
+    api_key = next((v for v in presented.api_key if v), None)
+    throttle, flights, verifier = built.auth_throttle, built.credential_reads, built.verifier
     if api_key is not None or authorization is not None:
         # Failed authentications count against the address, never against the key
         # or client they named, so nobody can lock a partner out by guessing.
         refusal = await throttle.refusal_async(ip)
         if refusal is not None:
-            request.state.auth_failure = "throttled"
+            state["auth_failure"] = "throttled"
             raise TooManyRequests(
                 "Too many failed authentications from this address; retry later.",
                 headers=refusal,
             )
     principal: Principal | None = None
     try:
-        if _repeated_credential(request):
+        if len(presented.authorization) > 1 or len(presented.api_key) > 1:
+            # A credential header sent twice: the second could hide behind a valid first.
             raise CredentialRejected("repeated_header")
         if api_key is not None:
             principal = await _verified(flights, verifier.verify_api_key, api_key, ip=ip)
         if authorization is not None:
             token = _bearer_token(authorization)
-            principal = await _verified(flights, verifier.verify_bearer, token)
+            if parse_api_key(token) is not None:  # a key sent as a bearer credential
+                principal = await _verified(flights, verifier.verify_api_key, token, ip=ip)
+            else:
+                principal = await _verified(flights, verifier.verify_bearer, token)
     except CredentialRejected as exc:
-        request.state.auth_failure = exc.reason
+        state["auth_failure"] = exc.reason
         await throttle.failed_async(ip)
         kind = "API key" if principal is None and api_key is not None else "access token"
         raise Unauthenticated(
             f"The {kind} is invalid, expired or revoked.", token_sent=True
         ) from None
     if principal is None:
-        request.state.auth_failure = "missing"
+        state["auth_failure"] = "missing"
         raise Unauthenticated(
             "Authenticate with 'Authorization: Bearer <token>' or 'X-API-Key'.", token_sent=False
         )
-    request.state.principal = principal
-    needed = frozenset(security_scopes.scopes)
+    state["principal"] = principal
+    return principal
+
+
+def require_scopes(principal: Principal, needed: frozenset[str], state: dict[str, Any]) -> None:
+    """Any one of ``needed`` suffices; ``InsufficientScope`` otherwise."""
     if needed and not needed & principal.scopes:
-        request.state.auth_failure = "insufficient_scope"
+        state["auth_failure"] = "insufficient_scope"
         raise InsufficientScope(needed)
+
+
+async def authenticate(
+    security_scopes: SecurityScopes,
+    request: Request,
+    authorization: Annotated[str | None, Depends(oauth2_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    """Resolve the caller and check the operation's scopes, as a FastAPI dependency.
+
+    On routes behind the guard layer (``app.guard``) the caller was identified before
+    the body was read: its principal is reused. The header parameters are there for
+    the OpenAPI document (the security schemes), which is also why this stays the one
+    dependency every protected route declares.
+    """
+    state = request.scope.setdefault("state", {})
+    principal: Principal | None = state.get("principal")
+    if principal is None:
+        principal = await identify(
+            services(request), Presented.from_request(request), client_ip(request), state
+        )
+    require_scopes(principal, frozenset(security_scopes.scopes), state)
     return principal

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     )
     # Model work in flight per process; past it, 503 + Retry-After at once.
     max_inflight_predictions: int = Field(default=32, ge=1, le=10_000)
+    # The whole request body must arrive within this (408 past it), however it is sent.
     body_read_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Prediction bodies being received at once per process; past it, 503 + Retry-After.
+    max_concurrent_body_reads: int = Field(default=16, ge=1, le=10_000)
     # The longest a rotated API key may keep working beside its successor.
     key_rotation_max_grace_seconds: int = Field(default=7 * 86_400, ge=0, le=90 * 86_400)
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import HTTPConnection
 
-from app.limits import FailureThrottle, QuotaLimiter
+from app.limits import FailureThrottle, PredictionBudget, QuotaLimiter
 from app.settings import Settings
 from app.single_flight import SingleFlight
 from auth.jwt_keys import SigningKeys
@@ -45,6 +45,7 @@ class Services:
     signing_keys: SigningKeys
     token_throttle: FailureThrottle
     auth_throttle: FailureThrottle
+    budget: PredictionBudget
     credential_reads: SingleFlight = field(default_factory=SingleFlight)
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     # Replaced whole by a reload (one assignment: atomic for every reader).

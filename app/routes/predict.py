@@ -1,15 +1,14 @@
 """Prediction endpoints for v1 and v2, single and batch.
 
-Built per app by ``build_router(limiter, settings)`` because SlowAPI's limits
-decorate the endpoints with that app's limiter.
+Who may call, and how much, was decided by the guard layer (``app.guard``) before
+the body was read; these routes validate the body, predict, and (for a batch, whose
+cost is known only once its rows are counted) charge the caller's budget.
 
-The endpoints are ``async def`` and run on the event loop, though they never await:
-a prediction is tens of microseconds of NumPy (a 1000-row batch about a millisecond,
-less than parsing its body), and the limiter's check is a dictionary update, or one
-pipelined Redis round trip bounded by a 0.25 s socket timeout, after which SlowAPI
-falls back to in-memory limits. Measured side by side (``bench/``), handing each
-request to FastAPI's threadpool instead cost 25-30 % of throughput, with or without
-Redis: the hand-off itself, and the loop and the worker thread taking turns at the GIL.
+The endpoints are ``async def`` and run on the event loop: a prediction is tens of
+microseconds of NumPy (a 1000-row batch about a millisecond, less than parsing its
+body). Measured side by side (``bench/``), handing each request to FastAPI's
+threadpool instead cost 25-30 % of throughput: the hand-off itself, and the loop and
+the worker thread taking turns at the GIL.
 """
 
 from __future__ import annotations
@@ -28,14 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.deps import PREDICTOR_FIRST, ModelsDep, SettingsDep, require_json
-from app.limits import (
-    PREDICT_SCOPE,
-    QuotaLimiter,
-    batch_cost,
-    caller_key,
-    cost_of_batch,
-    predict_limit,
-)
+from app.errors import TooManyRequests
+from app.guard import rate_limited
+from app.limits import cost_of_batch
 from app.openapi import problems
 from app.schemas import BatchPrediction, BatchV1, BatchV2, HouseV1, HouseV2, Prediction
 from app.settings import Settings
@@ -157,8 +151,10 @@ def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> B
     )
 
 
-def _check_batch(request: Request, settings: Settings, size: int) -> None:
-    """Refuse batches over MAX_BATCH_SIZE and price the rest for the rate limiter."""
+async def _charge_batch(request: Request, settings: Settings, size: int) -> None:
+    """Refuse batches over MAX_BATCH_SIZE, then charge the batch's whole cost
+    (``1 + n // 100``) to the caller's budget: the guard layer only made sure some was
+    left, since the cost is known only now. Refused: 429, nothing spent."""
     if size > settings.max_batch_size:
         raise RequestValidationError(
             [
@@ -169,22 +165,27 @@ def _check_batch(request: Request, settings: Settings, size: int) -> None:
                 }
             ]
         )
-    request.state.rate_cost = cost_of_batch(size)
+    state = request.scope["state"]
+    answer = await services(request).budget.charge(state["principal"], cost_of_batch(size))
+    state["quota"] = answer  # the guard answers these RateLimit fields
+    if not answer.allowed:
+        raise TooManyRequests(rate_limited(answer), headers=answer.headers())
 
 
-# The batch endpoints take their body through these dependencies: dependencies run
-# before SlowAPI's check, so the batch's size is refused and its cost known in time.
-# The body is validated here only: FastAPI validates a body parameter at every level
-# that declares one, so the dependency and the endpoint each taking ``batch: BatchV1``
-# validated every batch twice (and reported each invalid field twice). ``async``: no
-# thread is worth taking for a comparison.
+# The batch endpoints take their body through these dependencies, which count and charge
+# it before the endpoint runs. The body is validated here only: FastAPI validates a body
+# parameter at every level that declares one, so the dependency and the endpoint each
+# taking ``batch: BatchV1`` validated every batch twice (and reported each invalid field
+# twice). ``async``: no thread is worth taking for a comparison.
+
+
 async def _v1_batch(request: Request, settings: SettingsDep, batch: BatchV1) -> BatchV1:
-    _check_batch(request, settings, len(batch.instances))
+    await _charge_batch(request, settings, len(batch.instances))
     return batch
 
 
 async def _v2_batch(request: Request, settings: SettingsDep, batch: BatchV2) -> BatchV2:
-    _check_batch(request, settings, len(batch.instances))
+    await _charge_batch(request, settings, len(batch.instances))
     return batch
 
 
@@ -192,7 +193,7 @@ V1Batch = Annotated[BatchV1, Depends(_v1_batch)]
 V2Batch = Annotated[BatchV2, Depends(_v2_batch)]
 
 
-def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
+def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["predict"],
         route_class=_OrjsonRoute,
@@ -200,17 +201,10 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         dependencies=[PREDICTOR_FIRST, Depends(require_json)],
         responses=problems(401, 403, 408, 413, 415, 422, 429, 503),
     )
-    # One budget per caller across every prediction route, v1 and v2 alike.
-    quota = limiter.shared_limit(
-        predict_limit(settings), scope=PREDICT_SCOPE, key_func=caller_key, cost=batch_cost
-    )
     batch_note = f" At most {settings.max_batch_size} instances; costs 1 + n // 100 of the quota."
 
     @router.post("/v1/predict", summary="Predict one price with the v1 model")
-    @quota
-    async def predict_v1(
-        request: Request, response: Response, house: HouseV1, models: ModelsDep
-    ) -> Prediction:
+    async def predict_v1(request: Request, house: HouseV1, models: ModelsDep) -> Prediction:
         return _single(request, models["v1"], house)
 
     @router.post(
@@ -218,17 +212,13 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         summary="Predict prices for many houses (v1)",
         description="Answers in request order, identical to single calls." + batch_note,
     )
-    @quota
     async def predict_v1_batch(
-        request: Request, response: Response, batch: V1Batch, models: ModelsDep
+        request: Request, batch: V1Batch, models: ModelsDep
     ) -> BatchPrediction:
         return _batch(request, models["v1"], batch.instances)
 
     @router.post("/v2/predict", summary="Predict one price with the v2 model")
-    @quota
-    async def predict_v2(
-        request: Request, response: Response, house: HouseV2, models: ModelsDep
-    ) -> Prediction:
+    async def predict_v2(request: Request, house: HouseV2, models: ModelsDep) -> Prediction:
         return _single(request, models["v2"], house)
 
     @router.post(
@@ -236,9 +226,8 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         summary="Predict prices for many houses (v2)",
         description="Answers in request order, identical to single calls." + batch_note,
     )
-    @quota
     async def predict_v2_batch(
-        request: Request, response: Response, batch: V2Batch, models: ModelsDep
+        request: Request, batch: V2Batch, models: ModelsDep
     ) -> BatchPrediction:
         return _batch(request, models["v2"], batch.instances)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request, Response
-from limits import parse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authenticated, ServicesDep
-from app.limits import KEY_PREFIX, PREDICT_SCOPE, QuotaLimiter, caller_key, predict_limit
+from app.limits import PredictionBudget, QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
 from app.settings import Settings
+from app.state import Services
 from auth.principal import Principal
 from auth.store import CredentialStore
 from monitoring.usage import daily_usage
@@ -41,7 +42,7 @@ class Day(BaseModel):
 class Usage(BaseModel):
     principal: str
     plan: str
-    quota: Quota | None = Field(description="The current prediction window; null if unknown.")
+    quota: Quota | None = Field(description="The current prediction window.")
     days: list[Day] = Field(description=f"The last {DAYS} days with any use, newest first.")
 
 
@@ -55,19 +56,24 @@ def _identities(principal: Principal, store: CredentialStore) -> list[str]:
     return [f"api_key:{k.key_id}" for k in store.api_keys.list(record.owner)]
 
 
-def _quota(request: Request, limiter: QuotaLimiter, settings: Settings) -> Quota | None:
-    key = caller_key(request)
-    item = parse(predict_limit(settings)(key))
-    try:
-        stats = limiter.limiter.get_window_stats(item, KEY_PREFIX, key, PREDICT_SCOPE)
-    except Exception:  # storage down: say nothing rather than guess
-        return None
+async def _quota(caller: Principal, budget: PredictionBudget) -> Quota:
+    """The caller's prediction window, read (cost 0) from the counter that answers 429."""
+    answer = await budget.charge(caller, 0)
     return Quota(
-        limit=item.amount,
-        remaining=stats.remaining,
-        window_seconds=item.get_expiry(),
-        reset_at=datetime.fromtimestamp(stats.reset_time, UTC),
+        limit=answer.limit,
+        remaining=answer.remaining,
+        window_seconds=answer.window,
+        reset_at=datetime.fromtimestamp(answer.reset_at, UTC),
     )
+
+
+def _days(built: Services, caller: Principal) -> list[Day]:
+    identities = _identities(caller, built.store)
+    since = datetime.now(UTC) - timedelta(days=DAYS)
+    return [
+        Day.model_validate(day, from_attributes=True)
+        for day in daily_usage(built.prediction_log_engine, identities, since)
+    ]
 
 
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
@@ -76,19 +82,14 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
 
     @router.get("/v1/usage", summary="The caller's request counts and remaining quota")
     @quota
-    def usage(
+    async def usage(
         request: Request, response: Response, caller: Authenticated, built: ServicesDep
     ) -> Usage:
-        identities = _identities(caller, built.store)
-        since = datetime.now(UTC) - timedelta(days=DAYS)
-        days = [
-            Day.model_validate(day, from_attributes=True)
-            for day in daily_usage(built.prediction_log_engine, identities, since)
-        ]
+        days = await run_in_threadpool(_days, built, caller)
         return Usage(
             principal=caller.id,
             plan=caller.plan,
-            quota=_quota(request, limiter, settings),
+            quota=await _quota(caller, built.budget),
             days=days,
         )
 
