@@ -14,15 +14,16 @@ minute. It is exact within the first window of a subject (N requests pass, the n
 refused), and afterwards it can differ from a true moving window only by the
 assumption that the previous window's hits were spread evenly.
 
-Redis: one EVALSHA per request (EVAL once after a script flush), the keys of a subject
-share one hash tag (``{subject}``), so the script touches one slot and works on Redis
-Cluster. If Redis fails, this process falls back to its in-memory counters (each
-process then enforces the full limit on its own) and retries Redis after a back-off;
-``shared_ok`` tells ``/readyz`` which of the two is counting.
+Redis: one EVALSHA per request (one EVAL more when the script is not cached there),
+the keys of a subject share one hash tag (``{subject}``), so the script touches one
+slot and works on Redis Cluster. If Redis fails, this process falls back to its in-
+memory counters (each process then enforces the full limit on its own) and retries
+Redis after a back-off; ``shared_ok`` tells ``/readyz`` which of the two is counting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -164,7 +165,8 @@ class Quota:
     def __init__(self, redis_url: str | None) -> None:
         self.memory = MemoryQuota()
         self._redis = redis_client(redis_url) if redis_url else None
-        self._sha: str | None = None
+        # EVALSHA by the script's own digest: no SCRIPT LOAD round trip; an EVAL loads it.
+        self._sha = hashlib.sha1(SLIDING_WINDOW.encode()).hexdigest()  # noqa: S324 - Redis' id
         self._failures = 0
         self._retry_at = 0.0
 
@@ -197,14 +199,10 @@ class Quota:
     async def _run(self, keys: tuple[str, str], args: tuple[Any, ...]) -> tuple[int, int]:
         redis = self._redis
         assert redis is not None  # noqa: S101 - checked by the caller
-        if self._sha is not None:
-            try:
-                result = await redis.evalsha(self._sha, 2, *keys, *args)
-                return int(result[0]), int(result[1])
-            except NoScriptError:  # Redis restarted or flushed its scripts
-                self._sha = None
-        result = await redis.eval(SLIDING_WINDOW, 2, *keys, *args)
-        self._sha = await redis.script_load(SLIDING_WINDOW)
+        try:
+            result = await redis.evalsha(self._sha, 2, *keys, *args)
+        except NoScriptError:  # first use, or Redis restarted or flushed its scripts
+            result = await redis.eval(SLIDING_WINDOW, 2, *keys, *args)
         return int(result[0]), int(result[1])
 
     def _failed(self, exc: BaseException) -> None:

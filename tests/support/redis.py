@@ -14,8 +14,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -70,6 +71,43 @@ class RedisServer:
             socket_connect_timeout=1.0,
             retry=Retry(NoBackoff(), 0),
         )
+
+    @contextlib.contextmanager
+    def monitor(self) -> Iterator[Callable[[], list[str]]]:
+        """What clients send while the block runs (Redis MONITOR, in a thread), without
+        the commands their scripts run.
+
+        Yields a function that ends the watch and returns the commands as text, in order.
+        """
+        seen: list[str] = []
+        started, sentinel = threading.Event(), "monitor-end-" + os.urandom(4).hex()
+
+        def watch() -> None:
+            with self.client() as conn, conn.monitor() as monitor:  # type: ignore[no-untyped-call]
+                started.set()
+                for command in monitor.listen():
+                    text = str(command.get("command", ""))
+                    if sentinel in text:
+                        return
+                    if command.get("client_type") != "lua":  # not what a script ran
+                        seen.append(text)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started.wait(10)
+        time.sleep(0.2)  # MONITOR is registered once the thread listens
+
+        def stop() -> list[str]:
+            if watcher.is_alive():
+                with self.client() as conn:
+                    conn.echo(sentinel)
+                watcher.join(10)
+            return list(seen)
+
+        try:
+            yield stop
+        finally:
+            stop()
 
     @property
     def log_path(self) -> Path:
