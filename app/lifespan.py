@@ -42,6 +42,7 @@ from migrations import upgrade_schema
 from ml.artifacts import load_all
 from ml.features import MODEL_VERSIONS
 from monitoring.drift import refresh_gauges
+from monitoring.logs import flush_logs
 from monitoring.predictionlog import PredictionLogWriter, make_log_engine
 
 logger = logging.getLogger("app.lifespan")
@@ -158,3 +159,4 @@ async def _running_operations(built: Services) -> AsyncIterator[None]:
             await asyncio.to_thread(writer.close)
         engine.dispose()
         await built.budget.quota.close()
+        flush_logs()  # the last requests' events are written before the process exits

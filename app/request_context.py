@@ -50,6 +50,8 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Routes are templates and statuses few, so this stays small.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,8 +82,15 @@ class RequestContextMiddleware:
     def _record(self, scope: Scope, status: int, elapsed: float, request_id: str) -> None:
         route, method = _route(scope), scope["method"]
         state: dict[str, Any] = scope.get("state", {})
-        self.metrics.requests.labels(route, method, str(status)).inc()
-        self.metrics.latency.labels(route, method).observe(elapsed)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() hashes and locks: once per label set, not per request
+            children = self._children[key] = (
+                self.metrics.requests.labels(route, method, str(status)),
+                self.metrics.latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
         failure = state.get("auth_failure")
         if failure is not None:
             self.metrics.auth_failures.labels(str(failure)).inc()

@@ -7,10 +7,15 @@ formatter also scrubs anything shaped like one (bearer tokens, JWTs, API keys,
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
 import logging.config
+import logging.handlers
+import queue
 import re
+import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +59,8 @@ class JsonFormatter(logging.Formatter):
                 event[key] = value
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted by BackgroundHandler on the logging thread
+            event["exception"] = record.exc_text
         return redact(_dumps(event))
 
 
@@ -66,27 +73,83 @@ def _dumps(event: dict[str, Any]) -> str:
         return json.dumps(event, default=str)
 
 
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """Hands records to :func:`configure_logging`'s writer thread: building the JSON,
+    redacting it and writing it happen there, off the event loop.
+
+    Unlike the standard ``prepare``, the record keeps its ``extra`` fields and the
+    traceback travels as text, so the formatter on the other side writes the same event
+    it would have written here.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared = copy.copy(record)
+        prepared.msg = record.getMessage()
+        prepared.args = None
+        if record.exc_info:
+            prepared.exc_text = _TRACEBACKS.formatException(record.exc_info)
+            prepared.exc_info = None
+        return prepared
+
+
+_TRACEBACKS = logging.Formatter()
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(level: str = "INFO") -> None:
-    """JSON on stderr for our loggers and the server's; uvicorn's access log is off
-    because ``RequestContextMiddleware`` logs one richer event per request."""
+    """JSON on stderr for our loggers and the server's, written by a background thread
+    (:class:`BackgroundHandler`); uvicorn's access log is off because
+    ``RequestContextMiddleware`` logs one richer event per request.
+
+    Nothing queued is lost on a clean exit: :func:`flush_logs` (the app's shutdown,
+    and ``atexit``) writes out the queue and goes back to writing synchronously.
+    """
+    global _listener
+    flush_logs()
+    _dict_config(level, "background")
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BackgroundHandler):
+            handler.queue = records
+    _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
+    _listener.start()
+    atexit.register(flush_logs)
+
+
+def flush_logs() -> None:
+    """Write every queued event, stop the writer thread, and log synchronously from
+    then on (a worker's last lines after the app shut down)."""
+    global _listener
+    if _listener is None:
+        return
+    listener, _listener = _listener, None
+    listener.stop()
+    _dict_config(logging.getLevelName(logging.getLogger().level), "stderr")
+
+
+def _dict_config(level: str, handler: str) -> None:
+    handlers: dict[str, Any] = {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        },
+        "background": {"()": BackgroundHandler, "queue": queue.SimpleQueue()},
+    }
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"json": {"()": JsonFormatter}},
-            "handlers": {
-                "stderr": {
-                    "class": "logging.StreamHandler",
-                    "formatter": "json",
-                    "stream": "ext://sys.stderr",
-                }
-            },
-            "root": {"handlers": ["stderr"], "level": level},
+            "handlers": {handler: handlers[handler]},
+            "root": {"handlers": [handler], "level": level},
             "loggers": {
-                "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
-                "uvicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},
+                "uvicorn": {"handlers": [handler], "level": level, "propagate": False},
+                "uvicorn.error": {"handlers": [handler], "level": level, "propagate": False},
                 "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-                "gunicorn.error": {"handlers": ["stderr"], "level": level, "propagate": False},
+                "gunicorn.error": {"handlers": [handler], "level": level, "propagate": False},
                 "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             },
         }
