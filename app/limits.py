@@ -1,12 +1,15 @@
 """Rate limits with SlowAPI, shared by every worker and replica through Redis.
 
-Keys: the authenticated principal on guarded routes (so one caller's usage never
-throttles another), the client address on /token, /revoke and for failed
-authentication. The client address is the TCP peer, or the proxy's
-X-Forwarded-For only when the peer is in FORWARDED_ALLOW_IPS (see app.main).
+SlowAPI is the limiter of record: its ``Limiter`` and limit strings configure every
+route. The prediction routes are counted by :class:`PredictionBudget` (``app.quota``,
+called by the guard layer, one script call per request); the others by SlowAPI's
+decorators. Keys: the authenticated principal (so one caller's usage never throttles
+another), the client address on /token, /revoke and for failed authentication. The
+client address is the TCP peer, or the proxy's X-Forwarded-For only when the peer is
+in FORWARDED_ALLOW_IPS (see app.main).
 
 Storage: ``memory://`` when REDIS_URL is unset (one process only), else Redis with
-the moving-window strategy. If Redis fails, SlowAPI falls back to per-process
+SlowAPI's moving-window strategy. If Redis fails, SlowAPI falls back to per-process
 in-memory limits (each process enforces the full limit on its own, so the
 effective limit is at most workers x limit) and re-checks Redis with back-off;
 /readyz answers 503 meanwhile so operators see it. No request ever fails with a
