@@ -156,15 +156,16 @@ settings = Settings(_env_file=None, app_env="development", var_dir=Path(sys.argv
                     model_dir=Path(sys.argv[1]), redis_url=None)
 app = create_app(settings)
 
-async def serve() -> list[float]:
+async def serve() -> list[list[float]]:
     async with app.router.lifespan_context(app):
         model = app.state.models["v1"]
         assert model.predict_path == "compiled"
-        return model.predict(np.array([[5850.0, 3, 1, 2, 1]])).tolist()
+        prices, low, high = model.predict_interval(np.array([[5850.0, 3, 1, 2, 1]]))
+        return [prices.tolist(), low.tolist(), high.tolist()]
 
-prices = asyncio.run(serve())
-print(json.dumps({"prices": prices, "loaded": [m for m in ("sklearn", "joblib", "scipy")
-                                               if m in sys.modules]}))
+prices, low, high = asyncio.run(serve())
+print(json.dumps({"prices": prices, "low": low, "high": high,
+                  "loaded": [m for m in ("sklearn", "joblib", "scipy") if m in sys.modules]}))
 """
     done = subprocess.run(
         [sys.executable, "-c", script, str(trained_model_dir), str(tmp_path / "var")],
@@ -179,6 +180,7 @@ print(json.dumps({"prices": prices, "loaded": [m for m in ("sklearn", "joblib", 
         np.array([[5850.0, 3, 1, 2, 1]])
     )
     np.testing.assert_allclose(out["prices"], reference, rtol=1e-12, atol=0)
+    assert out["low"][0] < out["prices"][0] < out["high"][0]  # the range is NumPy too
 
 
 def test_the_estimator_is_unpickled_on_first_use_after_its_hash(model_copy: Path) -> None:
