@@ -81,7 +81,7 @@ def test_nested_coverage_recomputed_by_hand(trained_model_dir: Path, data_path: 
     def oof(rows: np.ndarray) -> np.ndarray:
         predicted = np.empty(len(rows))
         for train, test in KFold(10, shuffle=True, random_state=0).split(rows):
-            fitted = candidate.build(0, lot).fit(X[rows[train]], y[rows[train]])
+            fitted = candidate.build(0, lot, X.shape[1]).fit(X[rows[train]], y[rows[train]])
             predicted[test] = fitted.predict(X[rows[test]])
         return predicted
 
@@ -91,7 +91,7 @@ def test_nested_coverage_recomputed_by_hand(trained_model_dir: Path, data_path: 
         scores = np.sort(np.abs(np.log(y[train]) - np.log(oof(train))))
         q = scores[math.ceil((len(train) + 1) * 0.9) - 1]
         halfwidths.append(q)
-        p = candidate.build(0, lot).fit(X[train], y[train]).predict(X[test])
+        p = candidate.build(0, lot, X.shape[1]).fit(X[train], y[train]).predict(X[test])
         covered += list((p * math.exp(-q) <= y[test]) & (y[test] <= p * math.exp(q)))
     np.testing.assert_allclose(interval["fold_log_halfwidth"], halfwidths, rtol=1e-12)
     assert interval["coverage"] == pytest.approx(np.mean(covered), abs=1e-12)
