@@ -279,6 +279,11 @@ class LoadedModel:
         """Low and high ends for prices this model predicted (two multiplications)."""
         return self.interval.bounds(prices)
 
+    @property
+    def interval_coverage(self) -> float:
+        """Share of held-out sales inside their range at training (nested; see manifest)."""
+        return float(self.manifest["interval"]["coverage"])
+
 
 def _read_bytes(path: Path) -> bytes:
     """A file's bytes, or an ArtifactError naming it."""

@@ -6,6 +6,14 @@ lowest mean MAE wins (MAE because it is what a price estimate is judged by, in
 currency). The winner's score is the best of several, so it is a little
 optimistic; the baseline's score is not, and both are reported.
 
+Only candidates the server can replay as a plan (``Candidate.plan``) may be chosen;
+the others are scored and reported beside them.
+
+The same run calibrates the chosen model's 90% price range (``ml.intervals``): its
+out-of-fold predictions give the conformal half-width that serves, and
+:func:`interval_report` repeats the calibration inside each outer fold to measure,
+on sales the calibration never saw, how often the range holds.
+
 Deterministic: the folds and every random estimator use ``seed``, so the same data
 and seed give the same metrics, the same predictions and (with the pinned
 libraries) the same ``model.joblib`` bytes. Only ``trained_at`` differs.

@@ -115,3 +115,18 @@ async def test_openapi_documents_the_ranges(client: httpx.AsyncClient) -> None:
     assert {"level", "coverage", "coverage_by_tercile", "mean_width"} <= set(
         components["IntervalInfo"]["required"]
     )
+
+
+def test_the_ranges_are_kept_for_a_logger(trained_model_dir: Path) -> None:
+    """The endpoint keeps each row's range as arrays beside the matrix: a prediction log
+    can record ``high - low`` without computing anything again."""
+    from app.routes.predict import _predict
+    from app.schemas import BatchV1
+
+    model = load_verified(trained_model_dir, "v1")
+    houses = BatchV1.model_validate({"instances": random_houses("v1", 40)}).instances
+    answer = _predict(model, houses)
+    prices = np.array(answer.prices)
+    np.testing.assert_array_equal(answer.low, answer.lows)
+    np.testing.assert_array_equal(answer.high, answer.highs)
+    np.testing.assert_array_equal(answer.high - answer.low, model.interval.width(prices))

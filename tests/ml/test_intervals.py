@@ -169,6 +169,8 @@ def test_the_served_range_is_the_manifests(
         entry["high_factor"],
     )
     assert model.interval.low_factor == pytest.approx(1 / model.interval.high_factor)
+    assert model.interval.level == LEVEL
+    assert model.interval_coverage == entry["coverage"]
     price = np.array([60_000.0])
     low, high = model.interval_bounds(price)
     assert (low[0], high[0]) == (60_000.0 * entry["low_factor"], 60_000.0 * entry["high_factor"])
