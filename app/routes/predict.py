@@ -110,7 +110,8 @@ class _Answer:
 def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> _Answer:
     """Prices and their conformal ranges for validated houses, in order."""
     X = _matrix(houses, model)
-    prices, low, high = model.predict_interval(X)  # float64: Python floats, in C
+    prices, low, high = model.predict_interval(X)
+    # float64 arrays: tolist makes Python floats, in C.
     return _Answer(X, prices.tolist(), low.tolist(), high.tolist(), low, high)
 
 
