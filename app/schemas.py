@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
+from typing_extensions import TypedDict
 
 from ml.features import FEATURES, Feature, ModelVersion
 
@@ -147,14 +148,34 @@ class BatchV2(StrictModel):
     instances: Annotated[list[HouseV2], Field(min_length=1)]
 
 
+class Interval(TypedDict):
+    """The range the sale price falls in with probability ``level`` (conformal, checked
+    on held-out sales: see ``/vN/model``'s ``interval``). Both ends are the predicted
+    price times a constant of the model, so a dearer house gets a wider range.
+
+    A ``TypedDict`` rather than a ``BaseModel``: the same JSON Schema, validated the
+    same way, but a 1000-row batch builds its intervals as plain dicts (0.15 ms)
+    instead of 1000 model instances (2.6 ms, more than the prediction itself).
+    """
+
+    low: Annotated[float, Field(description="Low end, 1987 Canadian dollars.")]
+    high: Annotated[float, Field(description="High end, 1987 Canadian dollars.")]
+    level: Annotated[float, Field(description="Coverage the range is calibrated for: 0.9.")]
+
+
 class Prediction(BaseModel):
     predicted_price: float = Field(description="Predicted sale price, 1987 Canadian dollars.")
+    interval: Interval = Field(description="90% range for the sale price.")
     model_version: str
     model_sha256: str = Field(description="sha256 of the model artifact that answered.")
 
 
 class BatchPrediction(BaseModel):
     predictions: list[float] = Field(description="One price per instance, in request order.")
+    intervals: list[Interval] = Field(
+        description="One range per instance, in request order: each equals the single "
+        "call's for that house."
+    )
     model_version: str
     model_sha256: str
 
@@ -168,12 +189,44 @@ class FeatureInfo(BaseModel):
     accepted_max: float | None = None
 
 
+class TercileCoverage(BaseModel):
+    low: float
+    middle: float
+    high: float
+
+
+class IntervalInfo(BaseModel):
+    """How the price ranges are made, and how often they held on sales they never saw."""
+
+    method: str
+    level: float = Field(description="Coverage the ranges are calibrated for.")
+    low_factor: float = Field(description="low = predicted_price * low_factor.")
+    high_factor: float = Field(description="high = predicted_price * high_factor.")
+    log_halfwidth: float = Field(description="ln(high_factor) = -ln(low_factor).")
+    relative_width: float = Field(description="(high - low) / predicted_price.")
+    protocol: str = Field(description="How the held-out figures below were measured.")
+    coverage: float = Field(description="Share of held-out sales inside their range.")
+    coverage_by_tercile: TercileCoverage = Field(
+        description="The same, by tercile of the predicted price (edges: tercile_edges)."
+    )
+    coverage_by_sale_price_tercile: TercileCoverage = Field(
+        description="The same, by tercile of the actual sale price."
+    )
+    tercile_edges: list[float] = Field(description="Predicted prices between the terciles.")
+    mean_width: float = Field(description="Mean high - low on held-out sales, dollars.")
+    median_width: float = Field(description="Median high - low on held-out sales, dollars.")
+    mean_relative_width: float = Field(description="Mean (high - low) / predicted_price.")
+    held_out_rows: int
+    calibration_rows: int
+
+
 class ModelInfo(BaseModel):
     version: str
     features: list[str]
     feature_details: list[FeatureInfo]
     estimator: str
     metrics: dict[str, Any]
+    interval: IntervalInfo
     sha256: str
     trained_at: str
     training_data_sha256: str

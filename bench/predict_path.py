@@ -1,7 +1,7 @@
 """Per-call cost of three ways to ask a trained model for prices.
 
 Run: ``python -m bench.predict_path [--model-dir DIR] [--repeats N]`` (without
-``--model-dir`` it trains into a temporary directory first, ~10 s).
+``--model-dir`` it trains into a temporary directory first, ~30 s).
 
 1. ``list -> model.predict``: the obvious path, a Python list of lists.
 2. ``float64 array -> model.predict``: ``np.array(rows, dtype=float64)`` first.

@@ -2,7 +2,7 @@
 
 Run: ``python -m bench.prediction_log [--model-dir DIR] [--rounds N] [--seconds S]``
 (without ``--model-dir`` it uses ``models/`` if trained, else trains into a temporary
-directory first, ~10 s).
+directory first, ~30 s).
 
 Two apps are built with identical settings except PREDICTION_LOG_ENABLED (each with
 its own SQLite database under a temporary directory) and driven through the whole

@@ -372,8 +372,10 @@ def _matrix(houses: Sequence[object], names: Sequence[str]) -> np.ndarray:
     return np.array([[float(getattr(h, name)) for name in names] for h in houses], dtype=np.float64)
 
 
-def _serialize(schema: type[BaseModel], prices: list[float], **fields: str) -> str:
-    return schema(predictions=prices, **fields).model_dump_json()
+def _serialize(
+    schema: type[BaseModel], prices: list[float], intervals: list[dict[str, float]], **fields: str
+) -> str:
+    return schema(predictions=prices, intervals=intervals, **fields).model_dump_json()
 
 
 def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> list[dict[str, Any]]:
@@ -388,7 +390,11 @@ def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> lis
         raw = bodies[f"batch{n}"].read_bytes()
         batch = BatchV1.model_validate_json(raw)
         X = _matrix(batch.instances, names)
-        prices = [float(p) for p in model.predict(X)]
+        prices, low, high = (a.tolist() for a in model.predict_interval(X))
+        level = model.interval.level
+        intervals = [
+            {"low": lo, "high": hi, "level": level} for lo, hi in zip(low, high, strict=True)
+        ]
         stages: dict[str, Callable[[], object]] = {
             "loaded_model_predict": partial(model.predict, X),
             "estimator_predict": partial(model.estimator.predict, X),
@@ -397,7 +403,12 @@ def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> lis
             "json_loads_then_validate": partial(_loads_then_validate, BatchV1, raw),
             "build_matrix": partial(_matrix, batch.instances, names),
             "serialize": partial(
-                _serialize, BatchPrediction, prices, model_version="v1", model_sha256=model.sha256
+                _serialize,
+                BatchPrediction,
+                prices,
+                intervals,
+                model_version="v1",
+                model_sha256=model.sha256,
             ),
         }
         row: dict[str, Any] = {"rows": n, "predict_path": model.predict_path}

@@ -22,6 +22,10 @@ still verified at load, and unpickled only if someone asks for
 ``LoadedModel.estimator``. A pinned hash pins ``model.joblib``, so a pinned load
 serves that file and ignores the plan.
 
+The price interval's parameters are an entry of the manifest itself (``interval``,
+see ``ml.intervals``), validated whole at load: a manifest without one is refused.
+So the server reads only the manifest and files whose sha256 it records.
+
 Writes go to a temporary file in the same directory followed by ``os.replace``,
 so a reader sees the old file or the new one, never half of one. The model and
 plan are replaced before their manifest; a reader racing a retrain may see the new
@@ -51,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion, allowed_range, feature_names
+from ml.intervals import PriceInterval, check_entry
 from ml.plan import PlanError, load_plan, plan_to_json, probe_rows
 
 MODEL_FILE = "model.joblib"
@@ -207,6 +212,8 @@ class LoadedModel:
     # Allowed input range per column (ml.features.allowed_range), in feature order.
     lower: FloatArray = field(repr=False)
     upper: FloatArray = field(repr=False)
+    # The conformal price interval (ml.intervals), from the manifest's ``interval``.
+    interval: PriceInterval = field(repr=False)
     # "compiled" when a plan (or the compiled predictor) answers, else "estimator".
     predict_path: str = "estimator"
     _predict: Callable[[FloatArray], FloatArray] | None = field(default=None, repr=False)
@@ -258,6 +265,25 @@ class LoadedModel:
         predict = self._predict if self._predict is not None else self.estimator.predict
         return np.asarray(predict(X), dtype=np.float64)
 
+    def predict_interval(self, X: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Prices, and the low and high ends of their ``interval.level`` ranges.
+
+        ``predict`` followed by :meth:`interval_bounds`: each row's range depends on its
+        price alone, so it is the same in any batch.
+        """
+        prices = self.predict(X)
+        low, high = self.interval.bounds(prices)
+        return prices, low, high
+
+    def interval_bounds(self, prices: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Low and high ends for prices this model predicted (two multiplications)."""
+        return self.interval.bounds(prices)
+
+    @property
+    def interval_coverage(self) -> float:
+        """Share of held-out sales inside their range at training (nested; see manifest)."""
+        return float(self.manifest["interval"]["coverage"])
+
 
 def _read_bytes(path: Path) -> bytes:
     """A file's bytes, or an ArtifactError naming it."""
@@ -297,6 +323,14 @@ def _read_manifest(path: Path, version: ModelVersion) -> dict[str, Any]:
     if "plan" in manifest:
         _check_plan_entry(path, manifest["plan"])
     return manifest
+
+
+def _interval(path: Path, manifest: dict[str, Any]) -> PriceInterval:
+    """The manifest's ``interval`` entry, validated whole (ml.intervals.check_entry)."""
+    try:
+        return check_entry(manifest.get("interval"))
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
 
 
 def _check_plan_entry(path: Path, entry: Any) -> None:
@@ -447,6 +481,7 @@ def load_verified(
     manifest_path = model_dir / version / MANIFEST_FILE
     model_path = model_dir / version / MODEL_FILE
     manifest = _read_manifest(manifest_path, version)
+    interval = _interval(manifest_path, manifest)
     use_plan = "plan" in manifest and expected_sha256 is None
 
     estimator = None
@@ -477,6 +512,7 @@ def load_verified(
         feature_names=tuple(feature_names(version)),
         lower=np.array([low for low, _ in bounds], dtype=np.float64),
         upper=np.array([high for _, high in bounds], dtype=np.float64),
+        interval=interval,
         predict_path=path,
         _predict=fast,
         _estimator=estimator,

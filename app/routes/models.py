@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from app.deps import ModelReader, ModelsDep
 from app.limits import QuotaLimiter, caller_key, predict_limit
 from app.openapi import problems
-from app.schemas import FeatureInfo, ModelInfo
+from app.schemas import FeatureInfo, IntervalInfo, ModelInfo
 from app.settings import Settings
 from ml.artifacts import LoadedModel
 
@@ -22,6 +22,8 @@ def _info(model: LoadedModel) -> ModelInfo:
         feature_details=[FeatureInfo.model_validate(f) for f in manifest["features"]],
         estimator=str(manifest["estimator"]["name"]),
         metrics=manifest["metrics"],
+        # Validated whole at load (ml.intervals.check_entry); extra keys are dropped.
+        interval=IntervalInfo.model_validate(manifest["interval"]),
         sha256=model.sha256,
         trained_at=manifest["trained_at"],
         training_data_sha256=manifest["training_data"]["sha256"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any
@@ -91,11 +92,27 @@ def _matrix(houses: Sequence[HouseV1], model: LoadedModel) -> np.ndarray:
     return np.fromiter(values, dtype=np.float64, count=rows * width).reshape(rows, width)
 
 
-def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> tuple[np.ndarray, list[float]]:
-    """The model's input matrix (the prediction log reuses it) and its prices."""
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A request's predictions: the matrix (the prediction log reuses it), the prices
+    and their ranges as Python floats (``tolist`` converts in C), and the ranges as
+    arrays, kept on ``request.state.price_intervals`` so a logger can record their
+    width (``high - low``) without recomputing anything."""
+
+    X: np.ndarray
+    prices: list[float]
+    lows: list[float]
+    highs: list[float]
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> _Answer:
+    """Prices and their conformal ranges for validated houses, in order."""
     X = _matrix(houses, model)
-    prices: list[float] = model.predict(X).tolist()  # float64: Python floats, in C
-    return X, prices
+    prices, low, high = model.predict_interval(X)
+    # float64 arrays: tolist makes Python floats, in C.
+    return _Answer(X, prices.tolist(), low.tolist(), high.tolist(), low, high)
 
 
 def _record(request: Request, model: LoadedModel, X: np.ndarray, prices: list[float]) -> None:
@@ -127,27 +144,42 @@ def _record(request: Request, model: LoadedModel, X: np.ndarray, prices: list[fl
     )
 
 
-def _note(request: Request, model: LoadedModel, rows: int) -> None:
+def _note(request: Request, model: LoadedModel, answer: _Answer) -> None:
     """What the request log and the prediction metrics report."""
     request.state.model_version = model.version
-    request.state.predicted_rows = rows
+    request.state.predicted_rows = len(answer.prices)
+    request.state.price_intervals = (answer.low, answer.high)
 
 
 def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
-    X, [price] = _predict(model, [house])
-    _note(request, model, 1)
-    _record(request, model, X, [price])
-    return Prediction(predicted_price=price, model_version=model.version, model_sha256=model.sha256)
+    answer = _predict(model, [house])
+    _note(request, model, answer)
+    [price], [low], [high] = answer.prices, answer.lows, answer.highs
+    _record(request, model, answer.X, answer.prices)
+    return Prediction(
+        predicted_price=price,
+        interval={"low": low, "high": high, "level": model.interval.level},
+        model_version=model.version,
+        model_sha256=model.sha256,
+    )
 
 
 def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
-    X, prices = _predict(model, houses)
-    _note(request, model, len(prices))
-    _record(request, model, X, prices)
-    # Built, not validated: the prices are the float list made above (1000 floats
-    # revalidated for nothing otherwise). FastAPI still serialises it as BatchPrediction.
+    answer = _predict(model, houses)
+    _note(request, model, answer)
+    _record(request, model, answer.X, answer.prices)
+    level = model.interval.level
+    # Built, not validated: the prices and ranges are the float lists made above (1000
+    # floats revalidated for nothing otherwise), each range a plain dict (Interval is a
+    # TypedDict). FastAPI still serialises it as BatchPrediction.
     return BatchPrediction.model_construct(
-        predictions=prices, model_version=model.version, model_sha256=model.sha256
+        predictions=answer.prices,
+        intervals=[
+            {"low": low, "high": high, "level": level}
+            for low, high in zip(answer.lows, answer.highs, strict=True)
+        ],
+        model_version=model.version,
+        model_sha256=model.sha256,
     )
 
 

@@ -106,12 +106,14 @@ def test_a_row_answers_the_same_alone_or_in_any_batch(
 
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.name)
 def test_every_candidate_gets_an_exact_plan_or_none(candidate: Any, data_path: Path) -> None:
-    """Stumps, depth 3, raw price, averages: whatever training may choose."""
+    """Stumps, depth 3, raw price, averages: whatever training may choose. A candidate
+    declares whether it compiles (``plan``), and only those may be chosen."""
     ds = load_dataset(data_path, "v2")
-    estimator = candidate.build(0, 0).fit(ds.X, ds.y)
+    estimator = candidate.build(0, 0, ds.X.shape[1]).fit(ds.X, ds.y)
     plan = plan_for(estimator)
-    if "spline" in candidate.name:
-        assert plan is None  # SplineTransformer is not replayed
+    if not candidate.plan:
+        # SplineTransformer, PolynomialFeatures and histogram boosting are not replayed
+        assert plan is None
         return
     assert plan is not None
     predict = load_plan(plan_to_json(plan), n_features=ds.X.shape[1])
@@ -156,15 +158,16 @@ settings = Settings(_env_file=None, app_env="development", var_dir=Path(sys.argv
                     model_dir=Path(sys.argv[1]), redis_url=None)
 app = create_app(settings)
 
-async def serve() -> list[float]:
+async def serve() -> list[list[float]]:
     async with app.router.lifespan_context(app):
         model = app.state.services.models["v1"]
         assert model.predict_path == "compiled"
-        return model.predict(np.array([[5850.0, 3, 1, 2, 1]])).tolist()
+        prices, low, high = model.predict_interval(np.array([[5850.0, 3, 1, 2, 1]]))
+        return [prices.tolist(), low.tolist(), high.tolist()]
 
-prices = asyncio.run(serve())
-print(json.dumps({"prices": prices, "loaded": [m for m in ("sklearn", "joblib", "scipy")
-                                               if m in sys.modules]}))
+prices, low, high = asyncio.run(serve())
+print(json.dumps({"prices": prices, "low": low, "high": high,
+                  "loaded": [m for m in ("sklearn", "joblib", "scipy") if m in sys.modules]}))
 """
     done = subprocess.run(
         [sys.executable, "-c", script, str(trained_model_dir), str(tmp_path / "var")],
@@ -179,6 +182,7 @@ print(json.dumps({"prices": prices, "loaded": [m for m in ("sklearn", "joblib", 
         np.array([[5850.0, 3, 1, 2, 1]])
     )
     np.testing.assert_allclose(out["prices"], reference, rtol=1e-12, atol=0)
+    assert out["low"][0] < out["prices"][0] < out["high"][0]  # the range is NumPy too
 
 
 def test_the_estimator_is_unpickled_on_first_use_after_its_hash(model_copy: Path) -> None:

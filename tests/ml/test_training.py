@@ -139,7 +139,7 @@ def test_averaged_candidate_scores_what_voting_regressor_predicts(data_path: Pat
     lot = list(ds.feature_names).index("lotsize")
     fold_mae = []
     for train, test in KFold(3, shuffle=True, random_state=3).split(ds.X):
-        model = average.build(3, lot)
+        model = average.build(3, lot, ds.X.shape[1])
         assert isinstance(model, VotingRegressor)
         pred = model.fit(ds.X[train], ds.y[train]).predict(ds.X[test])
         fold_mae.append(float(np.mean(np.abs(ds.y[test] - pred))))
@@ -197,3 +197,29 @@ def test_data_outside_the_declared_ranges_is_refused(tmp_path: Path, data_path: 
     with pytest.raises(DatasetError, match=r"lotsize spans 1650\.\.17000 but ml/features.py"):
         train_version(path, tmp_path / "models", "v1")
     assert not (tmp_path / "models").exists()
+
+
+def test_only_candidates_with_a_plan_are_chosen() -> None:
+    """Serving replays a plan; a better score without one is reported, never chosen."""
+    from ml.training import CVScore, select
+
+    def score(name: str, mae: float, plan: bool) -> CVScore:
+        return CVScore(name, name, mae, mae, 0.5, (mae,) * 10, plan=plan)
+
+    scores = [score("a", 3.0, True), score("b", 1.0, False), score("c", 2.0, True)]
+    assert select(scores).name == "c"
+    assert select([*scores, score("d", 2.0, True)]).name == "c"  # ties: the earlier
+
+
+@VERSIONS
+def test_the_manifest_says_which_candidates_could_serve(
+    trained_model_dir: Path, version: ModelVersion
+) -> None:
+    manifest = _manifest(trained_model_dir, version)
+    scored = _candidates(manifest)
+    assert {name: c["plan"] for name, c in scored.items()} == {c.name: c.plan for c in CANDIDATES}
+    assert any(not c.plan for c in CANDIDATES)
+    chosen = manifest["metrics"]["chosen"]
+    assert chosen["plan"] is True
+    assert chosen["mae"] == min(c["mae"] for c in scored.values() if c["plan"])
+    assert "plan" in manifest  # and the server has one to replay
