@@ -86,7 +86,7 @@ def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
     """LoadedModel.predict (a plan when the artifacts have one) for 1 and 1000 rows, the
     estimator's own predict, and each part of an averaging model on its own."""
     from ml.artifacts import load_verified
-    from ml.fastpath import compile_predictor, probe_rows
+    from ml.plan_compiler import compile_predictor, probe_rows
 
     model = load_verified(model_dir, "v1")
     X = np.array([[5850.0, 3, 1, 2, 1]], dtype=np.float64)

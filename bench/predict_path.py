@@ -6,7 +6,7 @@ Run: ``python -m bench.predict_path [--model-dir DIR] [--repeats N]`` (without
 1. ``list -> model.predict``: the obvious path, a Python list of lists.
 2. ``float64 array -> model.predict``: ``np.array(rows, dtype=float64)`` first.
 3. ``LoadedModel.predict``: the same array through the input checks and the compiled
-   predictor of ``ml.fastpath`` (identical answers, checked here too).
+   predictor of ``ml.plan_compiler`` (identical answers, checked here too).
 
 Each figure is the median over ``--repeats`` runs of the mean time per call,
 building the list or array included, for one row and for a 1000-row batch.

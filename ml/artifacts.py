@@ -177,7 +177,7 @@ def _verified_plan(
     version: ModelVersion, estimator: Any, training_rows: FloatArray | None
 ) -> tuple[bytes, list[float]] | None:
     """The model's plan as JSON and its probe predictions, if it answers as ``predict``."""
-    from ml.fastpath import plan_for  # imports scikit-learn
+    from ml.plan_compiler import plan_for  # imports scikit-learn
 
     plan = plan_for(estimator)
     if plan is None:
@@ -365,7 +365,7 @@ def _fast_predictor(
     version: ModelVersion, estimator: Any
 ) -> tuple[str, Callable[[FloatArray], FloatArray] | None]:
     """The compiled predictor if it answers as the estimator does on probe rows."""
-    from ml.fastpath import compile_predictor  # imports scikit-learn: no-plan artifacts only
+    from ml.plan_compiler import compile_predictor  # imports scikit-learn: no-plan artifacts only
 
     compiled = compile_predictor(estimator)
     if compiled is None:

@@ -20,7 +20,7 @@ histogram boosting with prices forced to rise with lot size, rooms and garage pl
 service (README, "Models"); they stay, so every manifest shows what was tried.
 
 A candidate with ``plan=False`` is scored and reported but never chosen: the server
-answers from a plan (``ml.fastpath.plan_for``), which has no operation for
+answers from a plan (``ml.plan_compiler.plan_for``), which has no operation for
 ``SplineTransformer``, ``PolynomialFeatures`` or histogram boosting.
 ``tests/ml/test_plan.py`` fits every candidate and checks that its flag tells the truth.
 
@@ -67,7 +67,7 @@ class Candidate:
     # For an equal-weight average: the members' names. Cross-validation reuses their
     # out-of-fold predictions, which is exactly what the refitted average computes.
     average_of: tuple[str, ...] = ()
-    # Whether ml.fastpath compiles the fitted model to a plan; only those may be chosen.
+    # Whether ml.plan_compiler compiles the fitted model to a plan; only those may be chosen.
     plan: bool = True
 
 

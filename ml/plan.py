@@ -2,7 +2,7 @@
 
 Why: serving from the pickled scikit-learn model means importing scikit-learn in
 every worker (~100 MiB RSS each) and paying its per-call validation at every layer
-(~0.3 ms per row). Training writes a *plan* instead (``ml.fastpath.plan_for``): a
+(~0.3 ms per row). Training writes a *plan* instead (``ml.plan_compiler.plan_for``): a
 small tree of operations and their numbers, checked against the model's own
 ``predict`` before it is saved. Loading one parses JSON and validates it strictly
 (no pickle, no eval, no imports): anything unexpected raises :class:`PlanError`.

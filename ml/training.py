@@ -36,7 +36,6 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from ml.artifacts import library_versions, save_artifacts
 from ml.candidates import BASELINE, CANDIDATES, Candidate
 from ml.dataset import Dataset, DatasetError, FloatArray, load_dataset, observed_ranges
-from ml.fastpath import plan_for
 from ml.features import FEATURES, MODEL_VERSIONS, TARGET, ModelVersion, allowed_range
 from ml.histograms import QUANTILE_BINS, reference_histogram
 from ml.intervals import (
@@ -49,6 +48,7 @@ from ml.intervals import (
     log_scores,
     terciles,
 )
+from ml.plan_compiler import plan_for
 
 IntArray = npt.NDArray[np.intp]
 
@@ -363,7 +363,7 @@ def train_version(
     estimator = candidate.build(seed, _lot_column(dataset), dataset.X.shape[1])
     estimator.fit(dataset.X, dataset.y)
     if plan_for(estimator) is None:  # plan=True promised one: serving needs it
-        raise ValueError(f"{version}: {chosen.name} fitted to a model ml.fastpath cannot plan")
+        raise ValueError(f"{version}: {chosen.name} fitted to a model ml.plan_compiler cannot plan")
     manifest = build_manifest(
         dataset, estimator, scores, chosen, seed=seed, folds=folds, interval=interval
     )

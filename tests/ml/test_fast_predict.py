@@ -15,8 +15,8 @@ from sklearn.pipeline import Pipeline
 
 from ml.artifacts import MODEL_FILE, LoadedModel, load_verified, save_artifacts
 from ml.dataset import load_dataset
-from ml.fastpath import compile_predictor, probe_rows
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion, allowed_range
+from ml.plan_compiler import compile_predictor, probe_rows
 from tests.ml.conftest import random_rows
 
 VERSIONS = pytest.mark.parametrize("version", MODEL_VERSIONS)

@@ -24,7 +24,6 @@ from ml.artifacts import (
 )
 from ml.candidates import CANDIDATES
 from ml.dataset import load_dataset
-from ml.fastpath import plan_for
 from ml.features import MODEL_VERSIONS, ModelVersion
 from ml.plan import (
     _ROW_CHUNK,
@@ -37,6 +36,7 @@ from ml.plan import (
     plan_to_json,
     probe_rows,
 )
+from ml.plan_compiler import plan_for
 from tests.ml.conftest import random_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
