@@ -60,8 +60,9 @@ class PlanError(ValueError):
 
 def log_target(inner: Predictor) -> Predictor:
     def predict(X: FloatArray) -> FloatArray:
-        # TransformedTargetRegressor applies exp to a (n, 1) column and squeezes it.
-        return np.exp(inner(X).reshape(-1, 1)).squeeze(axis=1)
+        # TransformedTargetRegressor applies exp to a (n, 1) column and squeezes it:
+        # the same values as exp on the (n,) vector, without two views per call.
+        return np.exp(inner(X))
 
     return predict
 
@@ -81,8 +82,9 @@ def columns(parts: Sequence[tuple[list[int], Transform]]) -> Transform:
     chosen = tuple((list(cols), func) for cols, func in parts)
 
     def transform(X: FloatArray) -> FloatArray:
-        # ColumnTransformer: X[:, columns] per part (sklearn's _safe_indexing), then hstack.
-        return np.hstack([func(X[:, cols]) for cols, func in chosen])
+        # ColumnTransformer: X[:, columns] per part (sklearn's _safe_indexing), then hstack
+        # (np.concatenate on axis 1 is what hstack does for 2-D parts, minus its checks).
+        return np.concatenate([func(X[:, cols]) for cols, func in chosen], axis=1)
 
     return transform
 
@@ -120,10 +122,18 @@ def _linear(X: FloatArray, coef: FloatArray, intercept: float) -> FloatArray:
 
 def average(parts: Sequence[Predictor]) -> Predictor:
     members = tuple(parts)
+    if not 0 < len(members) < 8:
+        raise PlanError("an average takes 1 to 7 parts")
+    first, rest, count = members[0], members[1:], float(len(members))
 
     def predict(X: FloatArray) -> FloatArray:
-        # VotingRegressor.predict: np.average(np.asarray([...]).T, axis=1)
-        return np.average(np.asarray([p(X) for p in members]).T, axis=1)
+        # VotingRegressor.predict is np.average(np.asarray([...]).T, axis=1): numpy adds
+        # fewer than 8 values per row in order, then divides; so does this, bit for bit,
+        # without stacking and transposing the parts on every call.
+        total = first(X).copy()
+        for part in rest:
+            total += part(X)
+        return total / count
 
     return predict
 
@@ -354,7 +364,7 @@ class _Loader:
             return linear(coef, _float(node["intercept"], f"{where}.intercept"))
         if op == "average":
             _keys(node, where, {"op", "parts"})
-            parts = _list(node["parts"], f"{where}.parts", 1, 64)
+            parts = _list(node["parts"], f"{where}.parts", 1, 7)
             return average(
                 [
                     self.predictor(p, f"{where}.parts[{i}]", width, nesting + 1)
