@@ -33,7 +33,7 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from ml.artifacts import library_versions, save_artifacts
+from ml.artifacts import library_versions
 from ml.candidates import BASELINE, CANDIDATES, Candidate
 from ml.dataset import Dataset, DatasetError, FloatArray, load_dataset, observed_ranges
 from ml.features import FEATURES, MODEL_VERSIONS, TARGET, ModelVersion, allowed_range
@@ -49,6 +49,7 @@ from ml.intervals import (
     terciles,
 )
 from ml.plan_compiler import plan_for
+from ml.publish import save_artifacts
 
 IntArray = npt.NDArray[np.intp]
 

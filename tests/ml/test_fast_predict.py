@@ -13,10 +13,11 @@ from sklearn.ensemble import GradientBoostingRegressor, VotingRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
-from ml.artifacts import MODEL_FILE, LoadedModel, load_verified, save_artifacts
+from ml.artifacts import MODEL_FILE, LoadedModel, load_verified
 from ml.dataset import load_dataset
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion, allowed_range
 from ml.plan_compiler import compile_predictor, probe_rows
+from ml.publish import save_artifacts
 from tests.ml.conftest import random_rows
 
 VERSIONS = pytest.mark.parametrize("version", MODEL_VERSIONS)

@@ -20,7 +20,6 @@ from ml.artifacts import (
     ArtifactError,
     LoadedModel,
     load_verified,
-    save_artifacts,
 )
 from ml.candidates import CANDIDATES
 from ml.dataset import load_dataset
@@ -37,6 +36,7 @@ from ml.plan import (
     probe_rows,
 )
 from ml.plan_compiler import plan_for
+from ml.publish import save_artifacts
 from tests.ml.conftest import random_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ml.artifacts import MANIFEST_FILE, MODEL_FILE, load_verified, save_artifacts
+from ml.artifacts import MANIFEST_FILE, MODEL_FILE, load_verified
 from ml.features import ModelVersion
+from ml.publish import save_artifacts
 
 
 def republish(model_dir: Path, version: ModelVersion, marker: str) -> str:
