@@ -1,8 +1,11 @@
 """Rate limits with SlowAPI, shared by every worker and replica through Redis.
 
-Keys: the authenticated principal on guarded routes (so one caller's usage never
-throttles another), the client address on /token, /revoke and for failed
-authentication. The client address is the TCP peer, or the proxy's
+Keys: the caller's account on guarded routes (``auth.quota.quota_subjects`` decides:
+one budget for every client, user and key of an account, so one account's usage never
+throttles another and minting keys gains nothing; a credential's own lower plan is a
+second counter, a cap); the client address for failed authentication; on /token and
+/revoke, the address and the (address, client) pair for failures and the client for
+issuance (``auth.oauth``). The client address is the TCP peer, or the proxy's
 X-Forwarded-For only when the peer is in FORWARDED_ALLOW_IPS (see app.main).
 
 Storage: ``memory://`` when REDIS_URL is unset (one process only), else Redis with
@@ -24,8 +27,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -40,8 +44,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import problem_response
 from app.settings import Settings
+from auth.quota import QuotaSubject, key_plan, plan_limit, quota_subjects
 
 logger = logging.getLogger("app.limits")
+F = TypeVar("F", bound=Callable[..., Any])
 
 SLOWAPI_CONFIG = Path(__file__).with_name("slowapi.env")
 OAUTH_PATHS = ("/token", "/revoke")
@@ -57,18 +63,45 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def caller_key(request: Request) -> str:
-    """``<plan>|<principal id>`` for an authenticated caller; the plan picks the limit."""
+def _subjects(request: Request) -> list[QuotaSubject] | None:
+    """The caller's counters (``auth.quota.quota_subjects``), worked out once per request."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
+        return None
+    subjects: list[QuotaSubject] | None = getattr(request.state, "quota_subjects", None)
+    if subjects is None:
+        subjects = quota_subjects(principal, request.app.state.services.settings)
+        request.state.quota_subjects = subjects
+    return subjects
+
+
+def caller_key(request: Request) -> str:
+    """``<plan>|account:<name>`` for an authenticated caller, its account's budget;
+    the plan picks the limit."""
+    subjects = _subjects(request)
+    if subjects is None:
         return f"default|ip:{client_ip(request)}"
-    return f"{principal.plan}|{principal.id}"
+    return subjects[0].key
+
+
+def credential_cap_key(request: Request) -> str:
+    """``<plan>|<kind>:<subject>``: the caller's own cap, when its plan is below its
+    account's (else the limit is exempt, and this names the account's budget)."""
+    subjects = _subjects(request)
+    return subjects[-1].key if subjects else caller_key(request)
+
+
+def without_credential_cap(request: Request) -> bool:
+    subjects = _subjects(request)
+    return subjects is None or len(subjects) < 2
 
 
 # SlowAPI calls inspect.signature on the key and limit functions on every request, to
 # decide what to pass them; a precomputed __signature__ turns that into an attribute read.
 client_ip.__signature__ = inspect.signature(client_ip)  # type: ignore[attr-defined]
 caller_key.__signature__ = inspect.signature(caller_key)  # type: ignore[attr-defined]
+credential_cap_key.__signature__ = inspect.signature(credential_cap_key)  # type: ignore[attr-defined]
+without_credential_cap.__signature__ = inspect.signature(without_credential_cap)  # type: ignore[attr-defined]
 
 
 def batch_cost(request: Request) -> int:
@@ -124,7 +157,7 @@ class PipelinedMovingWindow(MovingWindowRateLimiter):
         if last is not None:
             seen_item, seen_ids, stats, at = last
             fresh = time.monotonic() - at < self._FRESH_SECONDS
-            if fresh and seen_item is item and seen_ids == identifiers:
+            if fresh and seen_item == item and seen_ids == identifiers:
                 return stats  # type: ignore[no-any-return]
         return super().get_window_stats(item, *identifiers)
 
@@ -146,6 +179,25 @@ class QuotaLimiter(Limiter):
             return bool(self.storage.check())
         except Exception:
             return False
+
+    def _check_request_limit(
+        self, request: Request, endpoint_func: Any, in_middleware: bool = True
+    ) -> None:
+        super()._check_request_limit(request, endpoint_func, in_middleware)
+        # Every counter had room. SlowAPI answers with the first it checked, which is a
+        # credential's cap when it has one (caps are charged first); the answer reports
+        # the account's budget, as auth.quota says.
+        current = getattr(request.state, "view_rate_limit", None)
+        subjects: list[QuotaSubject] | None = getattr(request.state, "quota_subjects", None)
+        if current is None or not subjects or len(subjects) < 2:
+            return
+        _item, identifiers = current
+        budget = subjects[0]
+        if len(identifiers) == 3 and identifiers[1] != budget.key:
+            request.state.view_rate_limit = (
+                parse(budget.limit),
+                [identifiers[0], budget.key, identifiers[2]],
+            )
 
     def _inject_headers(self, response: Response, current_limit: Any) -> Response:
         if not (self.enabled and self._headers_enabled and current_limit is not None):
@@ -256,6 +308,39 @@ class FailureThrottle:
         return isinstance(self.limiter.storage, MemoryStorage)
 
 
+class IssuanceBudget:
+    """Successes counted per name (a client, a user) in the limiter's storage, shared by
+    every worker: ``spend`` takes one unit, or says there is none left (with the quota
+    fields either way). With Redis, one pipelined round trip."""
+
+    def __init__(self, limiter: QuotaLimiter, limit: str, scope: str) -> None:
+        self.limiter = limiter
+        self.item = parse(limit)
+        self.scope = scope
+
+    def spend(self, name: str) -> tuple[bool, dict[str, str]]:
+        try:
+            allowed = self.limiter.limiter.hit(self.item, KEY_PREFIX, self.scope, name)
+            stats = self.limiter.limiter.get_window_stats(self.item, KEY_PREFIX, self.scope, name)
+        except Exception:  # storage down: the failure throttles still hold
+            logger.warning("rate-limit storage unreachable; %s not counted", self.scope)
+            return True, {}
+        return allowed, quota_headers(
+            self.item, stats.reset_time, stats.remaining, limited=not allowed
+        )
+
+    async def spend_async(self, name: str) -> tuple[bool, dict[str, str]]:
+        if isinstance(self.limiter.storage, MemoryStorage):
+            return self.spend(name)
+        return await run_in_threadpool(self.spend, name)
+
+
+def half_limit(limit: str) -> str:
+    """Half of ``limit`` (rounded up, at least 1) over the same window."""
+    item = parse(limit)
+    return f"{max(1, (item.amount + 1) // 2)}/{item.multiples} {item.GRANULARITY.name}"
+
+
 def _policy_name(item: RateLimitItem) -> str:
     return f"{item.amount}-per-{item.get_expiry()}s"
 
@@ -282,14 +367,33 @@ def build_limiter(settings: Settings) -> QuotaLimiter:
 
 
 def predict_limit(settings: Settings) -> Any:
-    """The caller's limit: its plan's override, else RATE_LIMIT_PREDICT."""
+    """A counter's limit: its plan's override, else RATE_LIMIT_PREDICT (``auth.quota``)."""
 
     def limit_for(key: str) -> str:
-        plan = key.split("|", 1)[0]
-        return settings.rate_limit_plans.get(plan, settings.rate_limit_predict)
+        return plan_limit(key_plan(key), settings)
 
     limit_for.__signature__ = inspect.signature(limit_for)  # type: ignore[attr-defined]
     return limit_for
+
+
+def predict_quota(limiter: QuotaLimiter, settings: Settings) -> Callable[[F], F]:
+    """The prediction budget, shared by every prediction route: the caller's account's
+    (``caller_key``), and the credential's own cap when it has one, charged first."""
+    account = limiter.shared_limit(
+        predict_limit(settings), scope=PREDICT_SCOPE, key_func=caller_key, cost=batch_cost
+    )
+    cap = limiter.shared_limit(
+        predict_limit(settings),
+        scope=PREDICT_SCOPE,
+        key_func=credential_cap_key,
+        cost=batch_cost,
+        exempt_when=without_credential_cap,
+    )
+
+    def decorate(endpoint: F) -> F:
+        return cast(F, account(cap(endpoint)))  # SlowAPI checks the inner one first
+
+    return decorate
 
 
 async def rate_limited(request: Request, exc: Exception) -> Response:
