@@ -19,6 +19,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -33,7 +34,7 @@ from auth.errors import InvalidValueError, KeyLimitError
 from auth.minting import MintRefused, new_key_terms, rotated_key_terms
 from auth.principal import Principal
 from auth.scopes import ADMIN, UnknownScopeError, format_scopes, parse_scopes
-from auth.store import ApiKeyRecord, CredentialStore
+from auth.store import DEFAULT_PLAN, ApiKeyRecord, CredentialStore
 
 KEY_ID = re.compile(r"[a-z2-7]{12}")
 
@@ -181,6 +182,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         responses=problems(401, 403, 404, 422, 429),
     )
     max_lifetime = timedelta(days=settings.api_key_max_lifetime_days)
+    plans = {DEFAULT_PLAN, *settings.rate_limit_plans}
     quota = limiter.shared_limit(predict_limit(settings), scope="keys", key_func=caller_key)
 
     @router.get("", summary="List the caller's own API keys")
@@ -207,6 +209,16 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
             scopes = parse_scopes(body.scopes)
         except UnknownScopeError:
             raise ScopeNotHeld("A new key may only carry scopes the caller holds.") from None
+        if body.plan is not None and body.plan not in plans:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "enum",
+                        "loc": ("body", "plan"),
+                        "msg": f"Plans: {', '.join(sorted(plans))}.",
+                    }
+                ]
+            )
         now = datetime.now(UTC)
         ends_at = await run_in_threadpool(_minter_ends_at, caller, store)
         try:
@@ -269,9 +281,10 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         grace = timedelta(seconds=min(asked.grace_seconds, settings.key_rotation_max_grace_seconds))
         owner = _owner(caller)
         old_key = await run_in_threadpool(lambda: store.api_keys.get(key_id, owner=owner))
-        if old_key is None:
-            raise NotFound(NOT_FOUND)
         now = datetime.now(UTC)
+        # Missing, another account's, or not rotatable (revoked, expired, rotated): one 404.
+        if old_key is None or old_key.grace_until is not None or old_key.unusable_reason(now):
+            raise NotFound(NOT_FOUND)
         ends_at = await run_in_threadpool(_minter_ends_at, caller, store)
         try:
             terms = rotated_key_terms(

@@ -52,9 +52,11 @@ async def _read_form(request: Request) -> dict[str, str]:
         if name not in PARAMETERS:
             continue
         if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
-            raise OAuthError("invalid_request", f"Parameter '{name}' is not valid.")
+            raise OAuthError(
+                "invalid_request", f"Parameters are text of at most {MAX_FIELD_LENGTH} characters."
+            )
         if name in fields:
-            raise OAuthError("invalid_request", f"Parameter '{name}' was sent more than once.")
+            raise OAuthError("invalid_request", "Each parameter may be sent once (RFC 6749 §3.2).")
         if value:
             fields[name] = value
     return fields
