@@ -19,7 +19,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -210,14 +209,9 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         except UnknownScopeError:
             raise ScopeNotHeld("A new key may only carry scopes the caller holds.") from None
         if body.plan is not None and body.plan not in plans:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "enum",
-                        "loc": ("body", "plan"),
-                        "msg": f"Plans: {', '.join(sorted(plans))}.",
-                    }
-                ]
+            raise OutranksCaller(
+                f"A new key's plan is one of {', '.join(sorted(plans))}, "
+                "and none that allows more than the caller's own."
             )
         now = datetime.now(UTC)
         ends_at = await run_in_threadpool(_minter_ends_at, caller, store)
