@@ -36,7 +36,6 @@ STATUS_TITLES: dict[int, str] = {
     503: "Service Unavailable",
 }
 _METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
-_NOT_UTF8 = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error: not UTF-8"}
 
 
 class ApiError(Exception):
@@ -116,10 +115,10 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     error = cast(StarletteHTTPException, exc)
     status = error.status_code
-    if status == 400 and isinstance(error.__cause__, UnicodeDecodeError):
-        # FastAPI answers 400 for a JSON body that is not UTF-8 but 422 for one that is
-        # not JSON; both are malformed JSON, so both get the same 422 (RFC 8259 §8.1).
-        return await _validation_error(request, RequestValidationError([_NOT_UTF8]))
+    if isinstance(error.__cause__, ApiError):
+        # FastAPI wraps whatever reading the body raises (app.json_body's refusal of a
+        # body that is not UTF-8) in its own 400: answer the original, as it says.
+        return await _api_error(request, error.__cause__)
     detail = error.detail if isinstance(error.detail, str) else STATUS_TITLES.get(status, "")
     headers = dict(error.headers or {})
     if status == 405:

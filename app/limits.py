@@ -3,10 +3,15 @@
 SlowAPI is the limiter of record: its ``Limiter`` and limit strings configure every
 route. The prediction routes are counted by :class:`PredictionBudget` (``app.quota``,
 called by the guard layer, one script call per request); the others by SlowAPI's
-decorators. Keys: the authenticated principal (so one caller's usage never throttles
-another), the client address on /token, /revoke and for failed authentication. The
-client address is the TCP peer, or the proxy's X-Forwarded-For only when the peer is
-in FORWARDED_ALLOW_IPS (see app.main).
+decorators.
+
+Keys: the caller's account on guarded routes (``auth.quota.quota_subjects`` decides:
+one budget for every client, user and key of an account, so one account's usage never
+throttles another and minting keys gains nothing; a credential's own lower plan is a
+second counter, a cap); the client address for failed authentication; on /token and
+/revoke, the address and the (address, client) pair for failures and the client for
+issuance (``auth.oauth``). The client address is the TCP peer, or the proxy's
+X-Forwarded-For only when the peer is in FORWARDED_ALLOW_IPS (see app.main).
 
 Storage: ``memory://`` when REDIS_URL is unset (one process only), else Redis with
 SlowAPI's moving-window strategy. If Redis fails, SlowAPI falls back to per-process
@@ -26,8 +31,9 @@ import inspect
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -40,11 +46,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
-from app.quota import Quota, QuotaAnswer
+from app.quota import Counter, Quota, QuotaAnswer
 from app.settings import Settings
 from auth.principal import Principal
+from auth.quota import QuotaSubject, key_plan, plan_limit, quota_subjects
 
 logger = logging.getLogger("app.limits")
+F = TypeVar("F", bound=Callable[..., Any])
 
 SLOWAPI_CONFIG = Path(__file__).with_name("slowapi.env")
 OAUTH_PATHS = ("/token", "/revoke")
@@ -60,23 +68,31 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def caller_key(request: Request) -> str:
-    """``<plan>|<principal id>`` for an authenticated caller; the plan picks the limit."""
+def _subjects(request: Request) -> list[QuotaSubject] | None:
+    """The caller's counters (``auth.quota.quota_subjects``), worked out once per request."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
+        return None
+    subjects: list[QuotaSubject] | None = getattr(request.state, "quota_subjects", None)
+    if subjects is None:
+        subjects = quota_subjects(principal, request.app.state.services.settings)
+        request.state.quota_subjects = subjects
+    return subjects
+
+
+def caller_key(request: Request) -> str:
+    """``<plan>|account:<name>`` for an authenticated caller, its account's budget;
+    the plan picks the limit."""
+    subjects = _subjects(request)
+    if subjects is None:
         return f"default|ip:{client_ip(request)}"
-    return f"{principal.plan}|{principal.id}"
+    return subjects[0].key
 
 
 # SlowAPI calls inspect.signature on the key and limit functions on every request, to
 # decide what to pass them; a precomputed __signature__ turns that into an attribute read.
 client_ip.__signature__ = inspect.signature(client_ip)  # type: ignore[attr-defined]
 caller_key.__signature__ = inspect.signature(caller_key)  # type: ignore[attr-defined]
-
-
-def batch_cost(request: Request) -> int:
-    cost: int = getattr(request.state, "rate_cost", 1)
-    return cost
 
 
 def cost_of_batch(rows: int) -> int:
@@ -222,6 +238,39 @@ class FailureThrottle:
         return isinstance(self.limiter.limiter.storage, MemoryStorage)
 
 
+class IssuanceBudget:
+    """Successes counted per name (a client, a user) in the limiter's storage, shared by
+    every worker: ``spend`` takes one unit, or says there is none left (with the quota
+    fields either way). With Redis, one pipelined round trip."""
+
+    def __init__(self, limiter: QuotaLimiter, limit: str, scope: str) -> None:
+        self.limiter = limiter
+        self.item = parse(limit)
+        self.scope = scope
+
+    def spend(self, name: str) -> tuple[bool, dict[str, str]]:
+        try:
+            allowed = self.limiter.limiter.hit(self.item, KEY_PREFIX, self.scope, name)
+            stats = self.limiter.limiter.get_window_stats(self.item, KEY_PREFIX, self.scope, name)
+        except Exception:  # storage down: the failure throttles still hold
+            logger.warning("rate-limit storage unreachable; %s not counted", self.scope)
+            return True, {}
+        return allowed, quota_headers(
+            self.item, stats.reset_time, stats.remaining, limited=not allowed
+        )
+
+    async def spend_async(self, name: str) -> tuple[bool, dict[str, str]]:
+        if isinstance(self.limiter.limiter.storage, MemoryStorage):
+            return self.spend(name)
+        return await run_in_threadpool(self.spend, name)
+
+
+def half_limit(limit: str) -> str:
+    """Half of ``limit`` (rounded up, at least 1) over the same window."""
+    item = parse(limit)
+    return f"{max(1, (item.amount + 1) // 2)}/{item.multiples} {item.GRANULARITY.name}"
+
+
 def _policy_name(item: RateLimitItem) -> str:
     return f"{item.amount}-per-{item.get_expiry()}s"
 
@@ -246,36 +295,37 @@ def build_limiter(settings: Settings) -> QuotaLimiter:
 
 
 class PredictionBudget:
-    """The prediction quota of a caller: which counter it is charged on (one budget
-    across v1 and v2, singles and batches) and its plan's limit."""
+    """The prediction quota of a caller, as ``auth.quota.quota_subjects`` decides: its
+    account's budget (one across v1 and v2, singles and batches, every credential of
+    the account) and its credential's own cap when it has one, both in one hit."""
 
     def __init__(self, quota: Quota, settings: Settings) -> None:
         self.quota = quota
         self._settings = settings
         self._items: dict[str, RateLimitItem] = {}
 
-    def subject(self, principal: Principal) -> str:
-        return f"{PREDICT_SCOPE}:{principal.id}"
+    def counters(self, principal: Principal) -> list[Counter]:
+        return [
+            (f"{PREDICT_SCOPE}:{subject.key}", self._item(subject.limit))
+            for subject in quota_subjects(principal, self._settings)
+        ]
 
-    def limit(self, principal: Principal) -> RateLimitItem:
-        item = self._items.get(principal.plan)
+    def _item(self, limit: str) -> RateLimitItem:
+        item = self._items.get(limit)
         if item is None:
-            settings = self._settings
-            text = settings.rate_limit_plans.get(principal.plan, settings.rate_limit_predict)
-            item = self._items[principal.plan] = parse(text)
+            item = self._items[limit] = parse(limit)
         return item
 
     async def charge(self, principal: Principal, cost: int) -> QuotaAnswer:
         """One hit (cost 0: a read) that also answers the RateLimit fields."""
-        return await self.quota.hit(self.subject(principal), self.limit(principal), cost)
+        return await self.quota.hit(self.counters(principal), cost)
 
 
 def predict_limit(settings: Settings) -> Any:
-    """The caller's limit: its plan's override, else RATE_LIMIT_PREDICT."""
+    """A counter's limit: its plan's override, else RATE_LIMIT_PREDICT (``auth.quota``)."""
 
     def limit_for(key: str) -> str:
-        plan = key.split("|", 1)[0]
-        return settings.rate_limit_plans.get(plan, settings.rate_limit_predict)
+        return plan_limit(key_plan(key), settings)
 
     limit_for.__signature__ = inspect.signature(limit_for)  # type: ignore[attr-defined]
     return limit_for

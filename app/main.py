@@ -14,9 +14,11 @@ from app.guard import Policy, PredictionGuard
 from app.lifespan import lifespan
 from app.limits import (
     FailureThrottle,
+    IssuanceBudget,
     PredictionBudget,
     QuotaHeaders,
     build_limiter,
+    half_limit,
     rate_limited,
 )
 from app.quota import Quota
@@ -59,6 +61,10 @@ def create_app(settings: Settings) -> FastAPI:
         limiter=limiter,
         signing_keys=keys,
         token_throttle=FailureThrottle(limiter, settings.rate_limit_token, "token-fail"),
+        token_pair_throttle=FailureThrottle(
+            limiter, half_limit(settings.rate_limit_token), "token-pair-fail"
+        ),
+        token_issuance=IssuanceBudget(limiter, settings.rate_limit_token_issuance, "token-issue"),
         auth_throttle=FailureThrottle(limiter, settings.rate_limit_auth_failures, "auth-fail"),
     )
     app = FastAPI(
@@ -70,6 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
         # ReDoc would need a CDN, so it is off.
         docs_url=None,
         redoc_url=None,
+        # A trailing slash is an unknown path (404), never a redirect whose absolute
+        # Location would be built from the request's Host header.
+        redirect_slashes=False,
     )
     app.state.services = built
     app.state.limiter = limiter  # SlowAPI's decorators look for it under this name
@@ -90,7 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
     # from anyone else they are ignored and the TCP peer stays the client address.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     # Outermost: every answer, even a shed or refused one, has a request id and a log event.
-    app.add_middleware(RequestContextMiddleware, metrics=built.metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=built.metrics, server_timing=settings.server_timing
+    )
 
     app.include_router(health.router)
     app.include_router(predict.build_router(settings))

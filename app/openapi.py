@@ -31,12 +31,13 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _DESCRIPTIONS: dict[int, str] = {
-    400: "Malformed request.",
+    400: "Malformed request, e.g. a JSON body that is not UTF-8.",
     401: "Missing or invalid credentials.",
     403: "Valid credentials without the required scope.",
     404: "No such resource.",
     408: "The request body arrived slower than BODY_READ_TIMEOUT_SECONDS allows.",
-    409: "Conflicts with the current state (e.g. model artifacts that fail verification).",
+    409: "Conflicts with the current state (model artifacts that fail verification, an "
+    "account already holding MAX_KEYS_PER_ACCOUNT keys).",
     413: "Request body larger than MAX_BODY_BYTES.",
     415: "Request body is not application/json.",
     422: "A field is missing, of the wrong type or out of range; see `errors`.",

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,28 +44,41 @@ REDIS_TIMEOUT_S = 0.25
 RETRY_AFTER_FAILURE_S = (0.5, 1.0, 2.0, 5.0)
 _MEMORY_SUBJECTS_MAX = 100_000
 
-# KEYS: current window, previous window (same hash tag). ARGV: limit, cost, window
-# seconds, elapsed fraction of the current window. Returns {allowed, used}: ``used``
-# after this hit when allowed, before it otherwise; cost 0 only reads.
+# KEYS: per counter, its current and previous window (one hash tag for all). ARGV: the
+# cost, then per counter its limit, window seconds and elapsed fraction of the current
+# window. A hit is allowed only if every counter has room, and then charges them all.
+# Returns {refused counter (1-based) or 0, used per counter}: ``used`` after the hit
+# when allowed, before it otherwise; cost 0 only reads.
 SLIDING_WINDOW = """
-local limit = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local elapsed = tonumber(ARGV[4])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
-local used = math.floor(previous * (1 - elapsed)) + current
-if cost == 0 then
-  return {1, used}
+local cost = tonumber(ARGV[1])
+local n = #KEYS / 2
+local used, refused = {}, 0
+for i = 1, n do
+  local limit = tonumber(ARGV[3 * i - 1])
+  local elapsed = tonumber(ARGV[3 * i + 1])
+  local current = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local previous = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  used[i] = math.floor(previous * (1 - elapsed)) + current
+  if cost > 0 and refused == 0 and used[i] + cost > limit then
+    refused = i
+  end
 end
-if used + cost > limit then
-  return {0, used}
+if cost > 0 and refused == 0 then
+  for i = 1, n do
+    if redis.call('INCRBY', KEYS[2 * i - 1], cost) == cost then
+      redis.call('EXPIRE', KEYS[2 * i - 1], tonumber(ARGV[3 * i]) * 2)
+    end
+    used[i] = used[i] + cost
+  end
 end
-if redis.call('INCRBY', KEYS[1], cost) == cost then
-  redis.call('EXPIRE', KEYS[1], window * 2)
+local answer = {refused}
+for i = 1, n do
+  answer[i + 1] = used[i]
 end
-return {1, used + cost}
+return answer
 """
+
+Counter = tuple[str, RateLimitItem]  # a counter's name and its limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +118,19 @@ def _window(item: RateLimitItem, now: float) -> tuple[int, int, float]:
     return seconds, index, (now - index * seconds) / seconds
 
 
-def _answer(item: RateLimitItem, allowed: bool, used: int, index: int, seconds: int) -> QuotaAnswer:
+def _answer(
+    counters: Sequence[Counter], refused: int, used: Sequence[int], now: float
+) -> QuotaAnswer:
+    """What the caller is told: its first counter (the budget), or the one that refused."""
+    index = refused - 1 if refused else 0
+    item = counters[index][1]
+    seconds, window, _ = _window(item, now)
     return QuotaAnswer(
-        allowed=allowed,
+        allowed=not refused,
         limit=item.amount,
-        remaining=max(0, item.amount - used),
+        remaining=max(0, item.amount - used[index]),
         window=seconds,
-        reset_at=float((index + 1) * seconds),
+        reset_at=float((window + 1) * seconds),
     )
 
 
@@ -118,30 +138,37 @@ class MemoryQuota:
     """The same counters in this process only (REDIS_URL unset, or Redis failing)."""
 
     def __init__(self) -> None:
-        # subject -> [window index, current count, previous count]
+        # counter -> [window index, current count, previous count]
         self._counters: dict[str, list[int]] = {}
 
-    def hit(self, subject: str, item: RateLimitItem, cost: int, now: float) -> QuotaAnswer:
-        seconds, index, elapsed = _window(item, now)
-        key = f"{subject}:{seconds}"
-        counter = self._counters.get(key)
-        if counter is None:
+    def hit(self, counters: Sequence[Counter], cost: int, now: float) -> QuotaAnswer:
+        states, used, refused = [], [], 0
+        for i, (name, item) in enumerate(counters, start=1):
+            seconds, index, elapsed = _window(item, now)
+            state = self._state(f"{name}:{seconds}", index)
+            states.append(state)
+            used.append(math.floor(state[2] * (1 - elapsed)) + state[1])
+            if cost and not refused and used[-1] + cost > item.amount:
+                refused = i
+        if cost and not refused:
+            for state in states:
+                state[1] += cost
+            used = [u + cost for u in used]
+        return _answer(counters, refused, used, now)
+
+    def _state(self, key: str, index: int) -> list[int]:
+        state = self._counters.get(key)
+        if state is None:
             if len(self._counters) >= _MEMORY_SUBJECTS_MAX:
                 self._forget_idle(index)
-            counter = self._counters[key] = [index, 0, 0]
-        elif counter[0] != index:
-            previous = counter[1] if counter[0] == index - 1 else 0
-            counter[:] = [index, 0, previous]
-        used = math.floor(counter[2] * (1 - elapsed)) + counter[1]
-        if cost == 0:
-            return _answer(item, True, used, index, seconds)
-        if used + cost > item.amount:
-            return _answer(item, False, used, index, seconds)
-        counter[1] += cost
-        return _answer(item, True, used + cost, index, seconds)
+            state = self._counters[key] = [index, 0, 0]
+        elif state[0] != index:
+            previous = state[1] if state[0] == index - 1 else 0
+            state[:] = [index, 0, previous]
+        return state
 
     def _forget_idle(self, index: int) -> None:
-        """Bound memory: drop subjects not seen in the current or previous window."""
+        """Bound memory: drop counters not seen in the current or previous window."""
         self._counters = {k: c for k, c in self._counters.items() if c[0] >= index - 1}
         if len(self._counters) >= _MEMORY_SUBJECTS_MAX:
             self._counters.clear()
@@ -178,32 +205,36 @@ class Quota:
         """Whether hits are counted where every process sees them right now."""
         return self._redis is None or self._failures == 0
 
-    async def hit(self, subject: str, item: RateLimitItem, cost: int = 1) -> QuotaAnswer:
+    async def hit(self, counters: Sequence[Counter], cost: int = 1) -> QuotaAnswer:
+        """Charge ``cost`` to every counter if each has room (cost 0: read them)."""
         now = time.time()
         if self._redis is None or (self._failures and time.monotonic() < self._retry_at):
-            return self.memory.hit(subject, item, cost, now)
-        seconds, index, elapsed = _window(item, now)
-        tag = f"{KEY_PREFIX}:{{{subject}}}:{seconds}"
-        keys = (f"{tag}:{index}", f"{tag}:{index - 1}")
-        args = (item.amount, cost, seconds, elapsed)
+            return self.memory.hit(counters, cost, now)
+        tag = f"{KEY_PREFIX}:{{{counters[0][0]}}}"  # one hash tag: one slot, one call
+        keys: list[str] = []
+        args: list[Any] = [cost]
+        for name, item in counters:
+            seconds, index, elapsed = _window(item, now)
+            keys += [f"{tag}:{name}:{seconds}:{index}", f"{tag}:{name}:{seconds}:{index - 1}"]
+            args += [item.amount, seconds, elapsed]
         try:
-            allowed, used = await self._run(keys, args)
+            answer = await self._run(keys, args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            return self.memory.hit(subject, item, cost, now)
+            return self.memory.hit(counters, cost, now)
         if self._failures:
             logger.warning("quota storage reachable again; counting is shared once more")
             self._failures = 0
-        return _answer(item, bool(allowed), int(used), index, seconds)
+        return _answer(counters, answer[0], answer[1:], now)
 
-    async def _run(self, keys: tuple[str, str], args: tuple[Any, ...]) -> tuple[int, int]:
+    async def _run(self, keys: Sequence[str], args: Sequence[Any]) -> list[int]:
         redis = self._redis
         assert redis is not None  # noqa: S101 - checked by the caller
         try:
-            result = await redis.evalsha(self._sha, 2, *keys, *args)
+            result = await redis.evalsha(self._sha, len(keys), *keys, *args)
         except NoScriptError:  # first use, or Redis restarted or flushed its scripts
-            result = await redis.eval(SLIDING_WINDOW, 2, *keys, *args)
-        return int(result[0]), int(result[1])
+            result = await redis.eval(SLIDING_WINDOW, len(keys), *keys, *args)
+        return [int(value) for value in result]
 
     def _failed(self, exc: BaseException) -> None:
         if not self._failures:

@@ -47,9 +47,10 @@ class RequestContextMiddleware:
     it with ``Server-Timing`` on every answer, and records one metrics sample and one
     JSON log event per request: route, status, latency, principal, model version."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, server_timing: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.server_timing = server_timing  # SERVER_TIMING_ENABLED, or development
         # Routes are templates and statuses few, so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -69,8 +70,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                headers.append("Server-Timing", f"app;dur={elapsed_ms:.2f}")
+                if self.server_timing:
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                    headers.append("Server-Timing", f"app;dur={elapsed_ms:.2f}")
             await send(message)
 
         try:

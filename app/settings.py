@@ -45,10 +45,15 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr | None = None
 
     rate_limit_predict: str = "120/minute"
+    # Failed /token and /revoke attempts per client address (and, at half of it, per
+    # address and client or username): past it, 429 even with correct credentials.
     rate_limit_token: str = "10/minute"  # noqa: S105 - a rate, not a secret
+    # Tokens issued (and revocations) per client, or per user, whatever its address.
+    rate_limit_token_issuance: str = "30/minute"  # noqa: S105 - a rate, not a secret
     # Failed authentications per client address, on every guarded route.
     rate_limit_auth_failures: str = "30/minute"
-    # Per-plan overrides of RATE_LIMIT_PREDICT; a client's or key's plan picks one.
+    # Per-plan overrides of RATE_LIMIT_PREDICT. An account's plan is the budget all of its
+    # credentials share; a credential's own lower plan caps it inside that budget.
     rate_limit_plans: dict[str, str] = Field(
         default_factory=lambda: {
             "free": "30/minute",
@@ -64,9 +69,18 @@ class Settings(BaseSettings):
     max_concurrent_body_reads: int = Field(default=16, ge=1, le=10_000)
     # The longest a rotated API key may keep working beside its successor.
     key_rotation_max_grace_seconds: int = Field(default=7 * 86_400, ge=0, le=90 * 86_400)
+    # Active API keys an account may hold (409 past it, over HTTP and in the CLI).
+    max_keys_per_account: int = Field(default=20, ge=1, le=100_000)
+    # The longest an API key lives: what a key asked for without an expiry gets (or its
+    # minter's own expiry, if sooner). Only `keys create --no-expiry` makes one that never
+    # expires.
+    api_key_max_lifetime_days: int = Field(default=365, ge=1, le=3650)
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=MIB, ge=1024)
     forwarded_allow_ips: str = "127.0.0.1"
+    # Server-Timing on every answer: always in development, in production only when set
+    # (it helps timing attacks on a public API).
+    server_timing_enabled: bool = False
 
     # Prediction log (monitoring.predictionlog): every prediction, written in batches
     # by a background thread; past the queue's capacity new ones are dropped and counted.
@@ -84,7 +98,11 @@ class Settings(BaseSettings):
     drift_window_hours: float = Field(default=24.0, gt=0, le=24 * 366)
 
     @field_validator(
-        "rate_limit_predict", "rate_limit_token", "rate_limit_auth_failures", mode="after"
+        "rate_limit_predict",
+        "rate_limit_token",
+        "rate_limit_token_issuance",
+        "rate_limit_auth_failures",
+        mode="after",
     )
     @classmethod
     def _valid_limit(cls, value: str) -> str:
@@ -107,3 +125,13 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def server_timing(self) -> bool:
+        """Whether answers carry Server-Timing."""
+        return self.app_env == "development" or self.server_timing_enabled
+
+    @property
+    def shared_limits(self) -> bool:
+        """Whether the limiter's storage is shared by processes (Redis), not in memory."""
+        return bool(self.redis_url) and not str(self.redis_url).startswith("memory://")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import HTTPConnection
 
-from app.limits import FailureThrottle, PredictionBudget, QuotaLimiter
+from app.limits import FailureThrottle, IssuanceBudget, PredictionBudget, QuotaLimiter
 from app.settings import Settings
 from app.single_flight import SingleFlight
 from auth.jwt_keys import SigningKeys
@@ -43,7 +43,9 @@ class Services:
     metrics: Metrics
     limiter: QuotaLimiter
     signing_keys: SigningKeys
-    token_throttle: FailureThrottle
+    token_throttle: FailureThrottle  # failed /token and /revoke attempts per address
+    token_pair_throttle: FailureThrottle  # ... per (address, client or username)
+    token_issuance: IssuanceBudget  # tokens issued and revocations per client or user
     auth_throttle: FailureThrottle
     budget: PredictionBudget
     credential_reads: SingleFlight = field(default_factory=SingleFlight)
@@ -65,7 +67,9 @@ class Services:
             store=store,
             keys=self.signing_keys,
             verifier=verifier,
-            throttle=self.token_throttle,
+            failures=self.token_throttle,
+            pair_failures=self.token_pair_throttle,
+            issuance=self.token_issuance,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             ttl_seconds=settings.access_token_ttl_seconds,

@@ -39,3 +39,11 @@ class PasswordPolicyError(ValueError):
 
 class PasswordCheckBusy(Exception):
     """Every password-verification slot is taken: shed the load (503/429) instead of queueing."""
+
+
+class KeyLimitError(Exception):
+    """An account already holds as many active API keys as it may (MAX_KEYS_PER_ACCOUNT)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the account already holds {limit} active API keys, the most allowed")
+        self.limit = limit

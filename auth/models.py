@@ -20,13 +20,32 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.types import NAMING_CONVENTION, UTCDateTime
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Account(Base):
+    """The customer (organisation, tenant) every client, user and API key belongs to.
+
+    It owns the prediction budget (``plan``), the key cap and the key lifetime; disabling
+    it stops every credential of it. Accounts are never deleted, only disabled.
+    """
+
+    __tablename__ = "accounts"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(32), default="default")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+def _account_column() -> Mapped[str]:
+    return mapped_column(String(200), ForeignKey("accounts.name"), index=True)
 
 
 class Client(Base):
@@ -36,6 +55,9 @@ class Client(Base):
 
     client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(100), unique=True)
+    account: Mapped[str] = _account_column()
+    # Loaded with the row (one joined SELECT): every read needs the account's state.
+    account_row: Mapped[Account] = relationship(lazy="joined", innerjoin=True)
     secret_hmac: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[str] = mapped_column(String(255), default="")
     plan: Mapped[str] = mapped_column(String(32), default="default")
@@ -49,6 +71,8 @@ class User(Base):
     __tablename__ = "users"
 
     username: Mapped[str] = mapped_column(String(150), primary_key=True)
+    account: Mapped[str] = _account_column()
+    account_row: Mapped[Account] = relationship(lazy="joined", innerjoin=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     scopes: Mapped[str] = mapped_column(String(255), default="")
     plan: Mapped[str] = mapped_column(String(32), default="default")
@@ -64,7 +88,8 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(200), index=True)
+    account: Mapped[str] = _account_column()
+    account_row: Mapped[Account] = relationship(lazy="joined", innerjoin=True)
     secret_hmac: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[str] = mapped_column(String(255), default="")
     plan: Mapped[str] = mapped_column(String(32), default="default")

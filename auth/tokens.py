@@ -51,6 +51,10 @@ _REQUIRED_CLAIMS: Final = (
     "kind",
     "plan",
 )
+# The account the subject belongs to, written at issuance. Optional on the way in:
+# tokens issued before accounts existed carry none, and the verifier reads the account
+# from the store either way (the claim, when present, must name that very account).
+ACCOUNT_CLAIM: Final = "acct"
 # Claims python-jose checks itself once the signature holds. exp/iat/nbf are not
 # here: ``require_exp`` would force jose's own wall-clock check (ignoring our
 # ``now``), and jose accepts "123" or 1.5 as times; we check them strictly below.
@@ -97,6 +101,7 @@ class AccessTokenClaims:
     jti: str
     expires_at: int
     issued_at: int
+    account: str | None = None  # the ``acct`` claim
 
 
 def issue_access_token(
@@ -111,8 +116,9 @@ def issue_access_token(
     audience: str,
     ttl_seconds: int,
     now: int | None = None,
+    account: str | None = None,
 ) -> IssuedToken:
-    """Sign an RFC 9068 access token with the current key."""
+    """Sign an RFC 9068 access token with the current key; ``account`` goes in ``acct``."""
     unknown = scopes - ALL_SCOPES
     if unknown:
         raise UnknownScopeError(set(unknown))
@@ -123,6 +129,8 @@ def issue_access_token(
     for name, value in (("subject", subject), ("client_id", client_id), ("plan", plan)):
         if not value:
             raise ValueError(f"{name} must not be empty")
+    if account is not None and not account:
+        raise ValueError("account must not be empty")
     issued_at = int(time.time()) if now is None else now
     expires_at = issued_at + ttl_seconds
     jti = secrets.token_urlsafe(16)
@@ -140,6 +148,8 @@ def issue_access_token(
         "kind": kind,
         "plan": plan,
     }
+    if account is not None:
+        claims[ACCOUNT_CLAIM] = account
     token = jwt.encode(
         claims,
         keys.signer(),
@@ -285,6 +295,7 @@ def _check_claims(claims: dict[str, Any], *, leeway: int, now: int) -> AccessTok
     client_id = _nonempty_str(claims["client_id"])
     jti = _nonempty_str(claims["jti"])
     plan = _nonempty_str(claims["plan"])
+    account = _nonempty_str(claims[ACCOUNT_CLAIM]) if ACCOUNT_CLAIM in claims else None
     kind = claims["kind"]
     if not isinstance(kind, str) or kind not in TOKEN_KINDS:
         raise InvalidTokenError("invalid_claim")
@@ -304,6 +315,7 @@ def _check_claims(claims: dict[str, Any], *, leeway: int, now: int) -> AccessTok
         jti=jti,
         expires_at=expires_at,
         issued_at=issued_at,
+        account=account,
     )
 
 

@@ -2,8 +2,9 @@
 
 Every worker keeps three small caches, each at most ``refresh_seconds`` old:
 revoked token ids (refreshed incrementally from the store), whether a token's
-subject is still enabled, and recently verified API keys. So a revoked token or
-key, or a disabled client or user, is refused by every worker within
+subject and its account are still enabled (and which account and plan that is),
+and recently verified API keys. So a revoked token or key, or a disabled client,
+user or account, is refused by every worker within
 ``refresh_seconds`` (default 2 s, under the contract's 5 s), and the steady-state
 cost per request is a JWT signature check plus dictionary lookups: the database
 is read at most once per ``refresh_seconds`` per worker for revocations, and once
@@ -63,8 +64,8 @@ class CredentialVerifier:
     _revoked: dict[str, datetime] = field(default_factory=dict, init=False)
     _revoked_read_at: float | None = field(default=None, init=False)
     _revoked_since: datetime | None = field(default=None, init=False)
-    # Values are (answer, monotonic time it was read).
-    _subjects: dict[tuple[PrincipalKind, str], tuple[bool, float]] = field(
+    # Values are ((account, account plan) or None when refused, monotonic time read).
+    _subjects: dict[tuple[PrincipalKind, str], tuple[tuple[str, str] | None, float]] = field(
         default_factory=dict, init=False
     )
     _api_keys: dict[bytes, tuple[Principal, float]] = field(  # (principal, valid until)
@@ -77,14 +78,20 @@ class CredentialVerifier:
         claims = self._verified_claims(token)
         if self._is_revoked(claims.jti, cached_only):
             raise CredentialRejected("revoked")
-        if not self._subject_active(claims.kind, claims.subject, cached_only):
+        account = self._subject_account(claims.kind, claims.subject, cached_only)
+        if account is None:
             raise CredentialRejected("subject_disabled")
+        name, plan = account
+        if claims.account is not None and claims.account != name:
+            raise CredentialRejected("wrong_account")
         return Principal(
             kind=claims.kind,
             subject=claims.subject,
             scopes=claims.scopes,
             plan=claims.plan,
             token_id=claims.jti,
+            account=name,
+            account_plan=plan,
         )
 
     def _verified_claims(self, token: str) -> AccessTokenClaims:
@@ -131,9 +138,8 @@ class CredentialVerifier:
         principal = record.principal()
         # Never trust the cache past the key's own end (expiry, or rotation grace).
         ttl = self.refresh_seconds
-        ends = [t for t in (record.expires_at, record.grace_until) if t is not None]
-        if ends:
-            ttl = min(ttl, (min(ends) - datetime.now(UTC)).total_seconds())
+        if record.ends_at is not None:
+            ttl = min(ttl, (record.ends_at - datetime.now(UTC)).total_seconds())
         if len(self._api_keys) >= _MAX_CACHED_KEYS:
             self._api_keys.clear()
         self._api_keys[digest] = (principal, now + ttl)
@@ -170,15 +176,19 @@ class CredentialVerifier:
             self._revoked_since = wall
             self._revoked_read_at = now
 
-    def _subject_active(self, kind: PrincipalKind, subject: str, cached_only: bool) -> bool:
+    def _subject_account(
+        self, kind: PrincipalKind, subject: str, cached_only: bool
+    ) -> tuple[str, str] | None:
+        """``(account, account plan)`` while the subject and its account may act, else None."""
         now = self.clock()
         cached = self._subjects.get((kind, subject))
         if cached is not None and now - cached[1] < self.refresh_seconds:
             return cached[0]
         if cached_only:
             raise StoreNeeded
-        active = self.store.is_subject_active(kind, subject)
+        record = self.store.subject_account(kind, subject)
+        account = (record.name, record.plan) if record is not None else None
         if len(self._subjects) >= _MAX_CACHED_KEYS:
             self._subjects.clear()
-        self._subjects[(kind, subject)] = (active, now)
-        return active
+        self._subjects[(kind, subject)] = (account, now)
+        return account

@@ -1,4 +1,12 @@
-"""``housing-api clients|users|keys``: operators manage credentials. Secrets print once."""
+"""``housing-api clients|users|keys``: operators manage credentials. Secrets print once.
+
+Every credential belongs to an account (``housing-api accounts``): a client to
+``--account`` or an account of its own name, a user to ``--account`` or one of its
+username, a key to ``--account`` (``--owner`` is the option's old name). An account
+that does not exist yet is created with ``--plan`` (else the default plan); an existing
+one keeps its plan, and the credential's own ``--plan`` then caps it inside the
+account's budget.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from app.settings import Settings
-from auth.errors import ConfigError, DuplicateError, InvalidValueError, PasswordPolicyError
+from auth.errors import (
+    ConfigError,
+    DuplicateError,
+    InvalidValueError,
+    KeyLimitError,
+    PasswordPolicyError,
+)
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
 from auth.wiring import open_store
@@ -27,7 +41,14 @@ ACTOR = "cli"
 ScopesOpt = Annotated[
     str, typer.Option("--scopes", help="Space- or comma-separated: predict models:read ...")
 ]
-PlanOpt = Annotated[str, typer.Option("--plan", help="Rate-limit plan, e.g. free, partner.")]
+PlanOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plan",
+        help="Rate-limit plan, e.g. free, partner: a new account's, and this credential's own "
+        "cap (default: the account's plan).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
@@ -47,6 +68,7 @@ def _store() -> Iterator[CredentialStore]:
         UnsupportedDatabaseError,
         DuplicateError,
         InvalidValueError,
+        KeyLimitError,
         PasswordPolicyError,
     ) as exc:
         raise _fail(str(exc)) from None
@@ -82,15 +104,28 @@ ONCE = "This secret is shown once and stored only as an HMAC; keep it safe."
 
 @clients.command("create")
 def create_client(
-    name: str, scopes: ScopesOpt, plan: PlanOpt = "default", as_json: JsonOpt = False
+    name: str,
+    scopes: ScopesOpt,
+    plan: PlanOpt = None,
+    account: Annotated[
+        str | None,
+        typer.Option("--account", help="The account it belongs to (default: one of its name)."),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a client; prints client_id and client_secret once."""
     wanted = _scopes(scopes)
     with _store() as store:
-        client_id, secret = store.clients.create(name, wanted, plan, actor=ACTOR)
+        client_id, secret = store.clients.create(name, wanted, plan, account=account, actor=ACTOR)
+        record = store.clients.get(client_id)
     _emit(
         as_json,
-        {"client_id": client_id, "client_secret": secret, "scope": format_scopes(wanted)},
+        {
+            "client_id": client_id,
+            "client_secret": secret,
+            "scope": format_scopes(wanted),
+            "account": record.account if record else account or name,
+        },
         ONCE,
     )
 
@@ -101,7 +136,10 @@ def list_clients() -> None:
         for c in store.clients.list():
             state = "disabled" if c.disabled else "active"
             scope = format_scopes(c.scopes)
-            typer.echo(f"{c.client_id}  {c.name or '-'}  {scope}  plan={c.plan}  {state}")
+            typer.echo(
+                f"{c.client_id}  {c.name or '-'}  account={c.account}  {scope}  "
+                f"plan={c.plan}  {state}"
+            )
 
 
 @clients.command("disable")
@@ -120,7 +158,11 @@ def create_user(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from one line of stdin.")
     ] = False,
-    plan: PlanOpt = "default",
+    plan: PlanOpt = None,
+    account: Annotated[
+        str | None,
+        typer.Option("--account", help="The account it belongs to (default: one of its name)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a password user (the password never appears on the command line)."""
@@ -129,8 +171,11 @@ def create_user(
     password = sys.stdin.readline().rstrip("\r\n")
     wanted = _scopes(scopes)
     with _store() as store:
-        user = store.users.create(name, password, wanted, plan, actor=ACTOR)
-    _emit(as_json, {"username": user.username, "scope": format_scopes(user.scopes)})
+        user = store.users.create(name, password, wanted, plan, account=account, actor=ACTOR)
+    _emit(
+        as_json,
+        {"username": user.username, "scope": format_scopes(user.scopes), "account": user.account},
+    )
 
 
 @users.command("list")
@@ -138,7 +183,10 @@ def list_users() -> None:
     with _store() as store:
         for u in store.users.list():
             state = "disabled" if u.disabled else "active"
-            typer.echo(f"{u.username}  {format_scopes(u.scopes)}  plan={u.plan}  {state}")
+            typer.echo(
+                f"{u.username}  account={u.account}  {format_scopes(u.scopes)}  "
+                f"plan={u.plan}  {state}"
+            )
 
 
 @users.command("disable")
@@ -151,30 +199,65 @@ def disable_user(name: str) -> None:
 
 @keys.command("create")
 def create_key(
-    owner: Annotated[str, typer.Option("--owner", help="Partner name, kept for audit.")],
+    account: Annotated[
+        str,
+        typer.Option(
+            "--account",
+            "--owner",
+            help="The account (partner) it belongs to; --owner is its old name.",
+        ),
+    ],
     scopes: ScopesOpt,
     expires_days: Annotated[
-        int | None, typer.Option("--expires-days", min=1, max=3650, help="Days until it expires.")
+        int | None,
+        typer.Option(
+            "--expires-days",
+            min=1,
+            max=3650,
+            help="Days until it expires (default: API_KEY_MAX_LIFETIME_DAYS).",
+        ),
     ] = None,
-    plan: PlanOpt = "default",
+    no_expiry: Annotated[
+        bool, typer.Option("--no-expiry", help="A key that never expires (operators only).")
+    ] = False,
+    plan: PlanOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an API key; prints key_id and api_key once."""
+    """Create an API key; prints key_id and api_key once.
+
+    Refused once the account holds MAX_KEYS_PER_ACCOUNT active keys."""
     wanted = _scopes(scopes)
-    expires_at = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    settings = Settings()
+    if no_expiry and expires_days is not None:
+        raise _fail("give --expires-days or --no-expiry, not both")
+    days = expires_days or settings.api_key_max_lifetime_days
+    expires_at = None if no_expiry else datetime.now(UTC) + timedelta(days=days)
     with _store() as store:
         key_id, api_key = store.api_keys.create(
-            owner, wanted, plan, expires_at=expires_at, created_by=ACTOR
+            account,
+            wanted,
+            plan,
+            expires_at=expires_at,
+            created_by=ACTOR,
+            max_active=settings.max_keys_per_account,
         )
-    values = {"key_id": key_id, "api_key": api_key, "owner": owner, "scope": format_scopes(wanted)}
-    if expires_at:
-        values["expires_at"] = _when(expires_at)
+        record = store.api_keys.get(key_id)
+    values = {
+        "key_id": key_id,
+        "api_key": api_key,
+        "owner": record.account if record else account,
+        "account": record.account if record else account,
+        "scope": format_scopes(wanted),
+        "expires_at": _when(expires_at) if expires_at else "never",
+    }
     _emit(as_json, values, ONCE)
 
 
 @keys.command("list")
 def list_keys(
-    owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's keys.")] = None,
+    owner: Annotated[
+        str | None, typer.Option("--account", "--owner", help="Only this account's keys.")
+    ] = None,
 ) -> None:
     """Key ids and their state; never the secret or its hash."""
     now = datetime.now(UTC)
@@ -182,7 +265,7 @@ def list_keys(
         for k in store.api_keys.list(owner):
             state = k.unusable_reason(now) or "active"
             typer.echo(
-                f"{k.key_id}  owner={k.owner}  {format_scopes(k.scopes)}  plan={k.plan}  "
+                f"{k.key_id}  account={k.account}  {format_scopes(k.scopes)}  plan={k.plan}  "
                 f"created={_when(k.created_at)}  expires={_when(k.expires_at)}  "
                 f"last_used={_when(k.last_used_at)}  {state}"
             )

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from app.settings import Settings
+from cli.accounts import accounts
 from cli.credentials import clients, keys, users
 from cli.operations import drift, predictions
 
@@ -20,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(accounts, name="accounts")
 app.add_typer(clients, name="clients")
 app.add_typer(users, name="users")
 app.add_typer(keys, name="keys")
@@ -77,7 +79,13 @@ def serve(
     if not settings.is_production:
         _first_run_demo(settings, host, port)
 
-    if workers > 1 and not settings.redis_url:
+    if workers > 1 and not settings.shared_limits:
+        if settings.is_production:
+            raise fail(
+                f"APP_ENV=production with {workers} workers needs REDIS_URL (redis://...): "
+                "with the in-memory limiter each worker would keep its own rate limits and "
+                "a limit of N would allow N per worker. Set REDIS_URL, or serve one worker."
+            )
         typer.echo(
             f"warning: REDIS_URL is unset, so each of the {workers} workers keeps its own "
             "in-memory rate limits (a limit of N allows up to N per worker). Set REDIS_URL.",
@@ -112,7 +120,7 @@ def serve(
         gunicorn,
         "app.asgi:build()",
         "--worker-class",
-        "uvicorn_worker.UvicornWorker",
+        "app.gunicorn_worker.Worker",  # uvicorn's, without a Server header
         "--workers",
         str(workers),
         "--bind",

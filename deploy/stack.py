@@ -2,7 +2,7 @@
 
     python -m deploy.stack up   [--root var/stack] [--https-port 8443] [--http-port 8080]
     python -m deploy.stack down [--root var/stack]
-    python -m deploy.stack cli  [--root var/stack] -- keys create --owner me --scopes predict
+    python -m deploy.stack cli  [--root var/stack] -- keys create --account me --scopes predict
 
 (with .venv/bin/python; ``make stack`` and ``make stack-down`` call the first two).
 
@@ -402,7 +402,7 @@ A client and an API key, both with scopes 'predict models:read' (shown once, sto
   curl -s --cacert {ca} -H 'X-API-Key: {key["api_key"]}' -H 'Content-Type: application/json' \\
       -d '{body}' {base}/v1/predict
 
-More credentials:  .venv/bin/python -m deploy.stack cli -- keys create --owner me --scopes predict
+More credentials:  .venv/bin/python -m deploy.stack cli -- keys create --account me --scopes predict
 Logs:              {root}/logs/ (replicas, redis) and {root}/nginx/ (access.log, error.log)
 Stop:              make stack-down
 """
@@ -424,7 +424,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     scopes = "predict models:read"
     client = stack.cli("clients", "create", "demo", "--scopes", scopes, "--json")
-    key = stack.cli("keys", "create", "--owner", "demo", "--scopes", scopes, "--json")
+    key = stack.cli("keys", "create", "--account", "demo", "--scopes", scopes, "--json")
     if client.returncode != 0 or key.returncode != 0:
         stack.stop()
         print(

@@ -33,11 +33,27 @@ def upgrade_schema(engine: Engine) -> None:
     the schema at head and does nothing.
     """
     config = alembic_config()
+    sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_ID})")
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        connection.commit()
+        if sqlite:
+            # SQLite changes a table by copying it into a new one and dropping the old;
+            # with foreign keys enforced, that drop would run ON DELETE actions on rows
+            # that still point at it. Off for the migration (outside any transaction, or
+            # SQLite ignores it), checked before the commit, on again after.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            if sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif engine.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_ID})")
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"the migration left broken references: {broken[:5]}")
+            connection.commit()
+        finally:
+            if sqlite:
+                connection.rollback()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")

@@ -15,7 +15,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from app.deps import OAuthDep
-from app.limits import QuotaLimiter, client_ip
+from app.limits import QuotaLimiter
 from app.openapi import problems
 from app.settings import Settings
 from auth.oauth import BEARER, PARAMETERS, OAuthError
@@ -52,9 +52,11 @@ async def _read_form(request: Request) -> dict[str, str]:
         if name not in PARAMETERS:
             continue
         if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
-            raise OAuthError("invalid_request", f"Parameter '{name}' is not valid.")
+            raise OAuthError(
+                "invalid_request", f"Parameters are text of at most {MAX_FIELD_LENGTH} characters."
+            )
         if name in fields:
-            raise OAuthError("invalid_request", f"Parameter '{name}' was sent more than once.")
+            raise OAuthError("invalid_request", "Each parameter may be sent once (RFC 6749 §3.2).")
         if value:
             fields[name] = value
     return fields
@@ -153,9 +155,9 @@ def _refused(request: Request, error: OAuthError) -> Response:
 
 
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
-    """/token and /revoke, each limited per client address (every attempt counts)."""
+    """/token and /revoke. Their limits are ``auth.oauth``'s: failures per address and
+    per (address, client), issuance per client; none is SlowAPI's."""
     router = APIRouter(tags=["oauth"])
-    per_address = limiter.limit(settings.rate_limit_token, key_func=client_ip)
 
     @router.post(
         "/token",
@@ -169,11 +171,13 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
             **problems(408, 413),
         },
     )
-    @per_address
     async def token(request: Request, oauth: OAuthDep) -> Response:
         try:
-            form = await _read_form(request)
-            grant = await oauth.issue(form, request.headers.get("authorization"), _address(request))
+            grant = await oauth.issue(
+                lambda: _read_form(request),
+                request.headers.get("authorization"),
+                _address(request),
+            )
         except OAuthError as exc:
             return _refused(request, exc)
         return JSONResponse(
@@ -183,7 +187,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
                 "expires_in": grant.expires_in,
                 "scope": grant.scope,
             },
-            headers=NO_STORE,
+            headers=NO_STORE | dict(grant.headers),
         )
 
     @router.post(
@@ -197,11 +201,13 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
             **problems(408, 413),
         },
     )
-    @per_address
     async def revoke(request: Request, oauth: OAuthDep) -> Response:
         try:
-            form = await _read_form(request)
-            await oauth.revoke(form, request.headers.get("authorization"), _address(request))
+            await oauth.revoke(
+                lambda: _read_form(request),
+                request.headers.get("authorization"),
+                _address(request),
+            )
         except OAuthError as exc:
             return _refused(request, exc)
         return Response(status_code=200, headers=NO_STORE)

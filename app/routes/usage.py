@@ -1,8 +1,9 @@
-"""What a caller has used and has left, from the counters that already exist.
+"""What a caller's account has used and has left, from the counters that already exist.
 
-The remaining quota comes from the rate limiter's own window (the same counter
-that answers 429); daily counts come from the prediction log. Nothing here keeps
-a second bookkeeping that could disagree with either.
+The remaining quota comes from the rate limiter's own window for the account (the same
+counter that answers 429, shared by all of its credentials); daily counts come from the
+prediction log, for every client, user and key of the account. Nothing here keeps a
+second bookkeeping that could disagree with either.
 """
 
 from __future__ import annotations
@@ -41,19 +42,24 @@ class Day(BaseModel):
 
 class Usage(BaseModel):
     principal: str
-    plan: str
-    quota: Quota | None = Field(description="The current prediction window.")
+    account: str | None = Field(description="The account whose budget and use this is.")
+    plan: str = Field(description="The account's plan: the budget all its credentials share.")
+    quota: Quota | None = Field(description="The account's current prediction window.")
     days: list[Day] = Field(description=f"The last {DAYS} days with any use, newest first.")
 
 
 def _identities(principal: Principal, store: CredentialStore) -> list[str]:
-    """The caller itself, and for an API key every key of the same owner."""
-    if principal.kind != "api_key":
+    """Every client, user and API key of the caller's account (the caller alone if it
+    has none)."""
+    if principal.account is None:
         return [principal.id]
-    record = store.api_keys.get(principal.subject)
-    if record is None:
-        return [principal.id]
-    return [f"api_key:{k.key_id}" for k in store.api_keys.list(record.owner)]
+    account = principal.account
+    return sorted(
+        {principal.id}
+        | {f"api_key:{k.key_id}" for k in store.api_keys.list(account)}
+        | {f"client:{c.client_id}" for c in store.clients.list(account)}
+        | {f"user:{u.username}" for u in store.users.list(account)}
+    )
 
 
 async def _quota(caller: Principal, budget: PredictionBudget) -> Quota:
@@ -88,7 +94,8 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         days = await run_in_threadpool(_days, built, caller)
         return Usage(
             principal=caller.id,
-            plan=caller.plan,
+            account=caller.account,
+            plan=caller.budget_plan,
             quota=await _quota(caller, built.budget),
             days=days,
         )

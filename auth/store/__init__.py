@@ -1,12 +1,13 @@
-"""The credential store: clients, users, API keys, revoked tokens and the audit trail.
+"""The credential store: accounts, clients, users, API keys, revoked tokens and the audit trail.
 
 Synchronous SQLAlchemy; the HTTP layer calls these methods in a threadpool. Callers
 get small frozen records, never ORM rows, and never a hash: a record can be printed
 or logged as it is. Secrets are shown once by the ``create`` methods and only their
 HMAC (machine secrets) or argon2 hash (passwords) is kept.
 
-One repository per aggregate (``store.clients``, ``store.users``, ``store.api_keys``,
-``store.revocations``, ``store.audit``), all over one ``StoreContext``. To add one:
+One repository per aggregate (``store.accounts``, ``store.clients``, ``store.users``,
+``store.api_keys``, ``store.revocations``, ``store.audit``), all over one ``StoreContext``.
+Every client, user and key belongs to one account (``auth.store.accounts``). To add one:
 subclass ``auth.store.context.Repository`` in its own module and build it in
 ``CredentialStore.__init__`` (and in ``is_subject_active`` if it can own tokens).
 """
@@ -21,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from auth.passwords import PasswordHasher, default_hasher
 from auth.principal import PrincipalKind
+from auth.store.accounts import DEFAULT_PLAN, AccountRepository
 from auth.store.api_keys import DEFAULT_ROTATION_GRACE, LAST_USED_RESOLUTION, ApiKeyRepository
 from auth.store.audit import AuditLog
 from auth.store.clients import ClientRepository
@@ -32,6 +34,7 @@ from auth.store.records import (
     MAX_SECRET_LENGTH,
     MAX_USERNAME_LENGTH,
     REDACTED,
+    AccountRecord,
     ApiKeyRecord,
     AuditRecord,
     ClientRecord,
@@ -45,6 +48,7 @@ from auth.store.users import LockoutPolicy, UserRepository
 from db.engine import make_session_factory
 
 __all__ = [
+    "DEFAULT_PLAN",
     "DEFAULT_ROTATION_GRACE",
     "LAST_USED_RESOLUTION",
     "MAX_JTI_LENGTH",
@@ -53,6 +57,8 @@ __all__ = [
     "MAX_SECRET_LENGTH",
     "MAX_USERNAME_LENGTH",
     "REDACTED",
+    "AccountRecord",
+    "AccountRepository",
     "ApiKeyRecord",
     "ApiKeyRepository",
     "AuditLog",
@@ -100,6 +106,7 @@ class CredentialStore:
         )
         self._context = context
         self.audit = AuditLog(context)
+        self.accounts = AccountRepository(context, self.audit)
         self.clients = ClientRepository(context, self.audit)
         self.users = UserRepository(context, self.audit, lockout or LockoutPolicy())
         self.api_keys = ApiKeyRepository(context, self.audit)
@@ -118,12 +125,20 @@ class CredentialStore:
         self, kind: PrincipalKind, subject: str, now: datetime | None = None
     ) -> bool:
         """Whether a token's subject may still act: it exists and is not disabled (or, for
-        a key, revoked, expired or past its grace). A lockout does not end issued tokens."""
+        a key, revoked, expired or past its grace), and neither is its account. A lockout
+        does not end issued tokens."""
+        return self.subject_account(kind, subject, now) is not None
+
+    def subject_account(
+        self, kind: PrincipalKind, subject: str, now: datetime | None = None
+    ) -> AccountRecord | None:
+        """The account of a subject that may still act (see ``is_subject_active``), read
+        in one query; None if the subject or its account may not."""
         now = _aware(now, self._context.clock)
         if kind == "client":
-            return self.clients.is_active(subject)
+            return self.clients.active_account(subject)
         if kind == "user":
-            return self.users.is_active(subject)
+            return self.users.active_account(subject)
         if kind == "api_key":
-            return self.api_keys.is_active(subject, now)
-        return False
+            return self.api_keys.active_account(subject, now)
+        return None

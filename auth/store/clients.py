@@ -15,12 +15,15 @@ from auth.secrets import (
     is_client_id,
     verify_secret,
 )
+from auth.store.accounts import account_for_update
 from auth.store.context import Repository
 from auth.store.records import (
     MAX_NAME_LENGTH,
     MAX_SECRET_LENGTH,
+    AccountRecord,
     ClientRecord,
     ScopesArg,
+    _account_record,
     _client_record,
     _label,
     _plan,
@@ -33,20 +36,32 @@ class ClientRepository(Repository):
         self,
         name: str | None,
         scopes: ScopesArg,
-        plan: str = "default",
+        plan: str | None = None,
         *,
+        account: str | None = None,
         actor: str | None = None,
     ) -> tuple[str, str]:
-        """A new client; returns ``(client_id, client_secret)``; the secret is not kept."""
+        """A new client; returns ``(client_id, client_secret)``; the secret is not kept.
+
+        It belongs to ``account``, by default an account of its own name (of its id when
+        it has none), created on first use with ``plan`` (else the default plan). Its own
+        plan is ``plan``, else its account's: a cap inside the account's budget.
+        """
         name = _label(name, "client name", MAX_NAME_LENGTH) if name is not None else None
-        scope_text, plan = _scopes_text(scopes), _plan(plan)
+        scope_text = _scopes_text(scopes)
+        plan = _plan(plan) if plan is not None else None
         client_id, secret = generate_client_id(), generate_secret()
         try:
             with self._sessions.begin() as session:
+                owner, new_account = account_for_update(
+                    session, account or name or client_id, plan, clock=self._clock
+                )
+                plan = plan or owner.plan
                 session.add(
                     Client(
                         client_id=client_id,
                         name=name,
+                        account=owner.name,
                         secret_hmac=hmac_secret(self._context.pepper, secret),
                         scopes=scope_text,
                         plan=plan,
@@ -60,7 +75,13 @@ class ClientRepository(Repository):
                     "client.created",
                     actor,
                     client_id,
-                    {"name": name, "scopes": scope_text, "plan": plan},
+                    {
+                        "name": name,
+                        "scopes": scope_text,
+                        "plan": plan,
+                        "account": owner.name,
+                        "new_account": new_account,
+                    },
                 )
         except IntegrityError:
             raise DuplicateError("client", name or client_id) from None
@@ -75,16 +96,20 @@ class ClientRepository(Repository):
         """
         row_record: ClientRecord | None = None
         stored = DUMMY_HMAC
+        account_disabled = False
         if is_client_id(client_id):
             with self._sessions() as session:
                 row = session.get(Client, client_id)
                 if row is not None:
                     row_record, stored = _client_record(row), row.secret_hmac
+                    account_disabled = row.account_row.disabled
         ok = verify_secret(self._context.pepper, secret[:MAX_SECRET_LENGTH], stored)
         ok = ok and len(secret) <= MAX_SECRET_LENGTH
-        if row_record is not None and ok and not row_record.disabled:
+        if row_record is not None and ok and not row_record.disabled and not account_disabled:
             return row_record
-        reason = "unknown_client" if row_record is None else "disabled" if ok else "bad_secret"
+        reason = "unknown_client" if row_record is None else "bad_secret"
+        if row_record is not None and ok:
+            reason = "disabled" if row_record.disabled else "account_disabled"
         subject = client_id if is_client_id(client_id) else None  # never echo a pasted secret
         self._audit.record("client.auth_failed", None, subject, {"reason": reason}, ip=ip)
         return None
@@ -100,12 +125,21 @@ class ClientRepository(Repository):
         return self._disable(Client, Client.client_id, client_id, "client.disabled", actor)
 
     def is_active(self, client_id: str) -> bool:
+        """Exists, is not disabled, and neither is its account."""
+        return self.active_account(client_id) is not None
+
+    def active_account(self, client_id: str) -> AccountRecord | None:
+        """The account of an enabled client whose account is enabled, else None."""
         with self._sessions() as session:
             client = session.get(Client, client_id)
-            return client is not None and not client.disabled
+            if client is None or client.disabled or client.account_row.disabled:
+                return None
+            return _account_record(client.account_row)
 
     # Last: below it, ``list`` in an annotation would name this method, not the builtin.
-    def list(self) -> list[ClientRecord]:
+    def list(self, account: str | None = None) -> list[ClientRecord]:
+        query = select(Client).order_by(Client.created_at, Client.client_id)
+        if account is not None:
+            query = query.where(Client.account == account)
         with self._sessions() as session:
-            rows = session.scalars(select(Client).order_by(Client.created_at, Client.client_id))
-            return [_client_record(row) for row in rows]
+            return [_client_record(row) for row in session.scalars(query)]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auth.errors import InvalidValueError
-from auth.models import ApiKey, Client, User
+from auth.models import Account, ApiKey, Client, User
 from auth.principal import Principal
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.secrets import parse_api_key
@@ -35,16 +35,35 @@ REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
-class ClientRecord:
-    client_id: str
-    name: str | None
-    scopes: frozenset[str]
+class AccountRecord:
+    """The customer a credential belongs to: its plan is the budget all of them share."""
+
+    name: str
     plan: str
     disabled: bool
     created_at: datetime
 
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    client_id: str
+    name: str | None
+    scopes: frozenset[str]
+    plan: str  # the client's own plan: a cap inside its account's budget
+    disabled: bool
+    created_at: datetime
+    account: str
+    account_plan: str
+
     def principal(self) -> Principal:
-        return Principal(kind="client", subject=self.client_id, scopes=self.scopes, plan=self.plan)
+        return Principal(
+            kind="client",
+            subject=self.client_id,
+            scopes=self.scopes,
+            plan=self.plan,
+            account=self.account,
+            account_plan=self.account_plan,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +75,24 @@ class UserRecord:
     failed_logins: int
     locked_until: datetime | None
     created_at: datetime
+    account: str
+    account_plan: str
 
     def principal(self) -> Principal:
-        return Principal(kind="user", subject=self.username, scopes=self.scopes, plan=self.plan)
+        return Principal(
+            kind="user",
+            subject=self.username,
+            scopes=self.scopes,
+            plan=self.plan,
+            account=self.account,
+            account_plan=self.account_plan,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     key_id: str
-    owner: str
+    account: str
     scopes: frozenset[str]
     plan: str
     created_at: datetime
@@ -74,6 +102,18 @@ class ApiKeyRecord:
     created_by: str | None
     rotated_from: str | None
     grace_until: datetime | None
+    account_plan: str
+
+    @property
+    def owner(self) -> str:
+        """The account's name (API keys called it their owner before accounts existed)."""
+        return self.account
+
+    @property
+    def ends_at(self) -> datetime | None:
+        """When the key stops working at the latest: its expiry or its rotation grace."""
+        ends = [t for t in (self.expires_at, self.grace_until) if t is not None]
+        return min(ends) if ends else None
 
     def unusable_reason(self, now: datetime) -> str | None:
         """Why the key is refused at ``now`` (``revoked``, ``expired``, ``rotated``), or None."""
@@ -86,7 +126,15 @@ class ApiKeyRecord:
         return None
 
     def principal(self) -> Principal:
-        return Principal(kind="api_key", subject=self.key_id, scopes=self.scopes, plan=self.plan)
+        return Principal(
+            kind="api_key",
+            subject=self.key_id,
+            scopes=self.scopes,
+            plan=self.plan,
+            account=self.account,
+            account_plan=self.account_plan,
+            expires_at=self.ends_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +227,12 @@ def _sanitise(detail: Any) -> Any:
     return str(detail)
 
 
+def _account_record(row: Account) -> AccountRecord:
+    return AccountRecord(
+        name=row.name, plan=row.plan, disabled=row.disabled, created_at=row.created_at
+    )
+
+
 def _client_record(row: Client) -> ClientRecord:
     return ClientRecord(
         client_id=row.client_id,
@@ -187,6 +241,8 @@ def _client_record(row: Client) -> ClientRecord:
         plan=row.plan,
         disabled=row.disabled,
         created_at=row.created_at,
+        account=row.account,
+        account_plan=row.account_row.plan,
     )
 
 
@@ -199,13 +255,15 @@ def _user_record(row: User) -> UserRecord:
         failed_logins=row.failed_logins,
         locked_until=row.locked_until,
         created_at=row.created_at,
+        account=row.account,
+        account_plan=row.account_row.plan,
     )
 
 
 def _api_key_record(row: ApiKey) -> ApiKeyRecord:
     return ApiKeyRecord(
         key_id=row.key_id,
-        owner=row.owner,
+        account=row.account,
         scopes=_read_scopes(row.scopes),
         plan=row.plan,
         created_at=row.created_at,
@@ -215,4 +273,5 @@ def _api_key_record(row: ApiKey) -> ApiKeyRecord:
         created_by=row.created_by,
         rotated_from=row.rotated_from,
         grace_until=row.grace_until,
+        account_plan=row.account_row.plan,
     )

@@ -12,12 +12,15 @@ from sqlalchemy.exc import IntegrityError
 from auth.errors import DuplicateError
 from auth.models import User
 from auth.passwords import check_password_policy
+from auth.store.accounts import account_for_update
 from auth.store.audit import AuditLog
 from auth.store.context import Repository, StoreContext
 from auth.store.records import (
     _USERNAME_RE,
+    AccountRecord,
     ScopesArg,
     UserRecord,
+    _account_record,
     _aware,
     _plan,
     _scopes_text,
@@ -57,35 +60,56 @@ class UserRepository(Repository):
         username: str,
         password: str,
         scopes: ScopesArg,
-        plan: str = "default",
+        plan: str | None = None,
         *,
+        account: str | None = None,
         actor: str | None = None,
     ) -> UserRecord:
-        """A new password user; ``PasswordPolicyError`` for a too short or too long password."""
+        """A new password user; ``PasswordPolicyError`` for a too short or too long password.
+
+        It belongs to ``account``, by default an account of the username, created on first
+        use with ``plan`` (else the default plan); its own plan is ``plan``, else the
+        account's.
+        """
         username = _username(username)
-        scope_text, plan = _scopes_text(scopes), _plan(plan)
+        scope_text = _scopes_text(scopes)
+        plan = _plan(plan) if plan is not None else None
         check_password_policy(password)
         password_hash = self._hasher.hash(password)  # slow: outside the transaction
-        row = User(
-            username=username,
-            password_hash=password_hash,
-            scopes=scope_text,
-            plan=plan,
-            disabled=False,
-            failed_logins=0,
-            locked_until=None,
-            created_at=self._clock(),
-        )
         try:
             with self._sessions.begin() as session:
+                owner, new_account = account_for_update(
+                    session, account or username, plan, clock=self._clock
+                )
+                row = User(
+                    username=username,
+                    account=owner.name,
+                    password_hash=password_hash,
+                    scopes=scope_text,
+                    plan=plan or owner.plan,
+                    disabled=False,
+                    failed_logins=0,
+                    locked_until=None,
+                    created_at=self._clock(),
+                )
                 session.add(row)
                 session.flush()
                 self._audit.add(
-                    session, "user.created", actor, username, {"scopes": scope_text, "plan": plan}
+                    session,
+                    "user.created",
+                    actor,
+                    username,
+                    {
+                        "scopes": scope_text,
+                        "plan": row.plan,
+                        "account": owner.name,
+                        "new_account": new_account,
+                    },
                 )
+                record = _user_record(row)
         except IntegrityError:
             raise DuplicateError("user", username) from None
-        return _user_record(row)
+        return record
 
     def authenticate(
         self, username: str, password: str, now: datetime | None = None, *, ip: str | None = None
@@ -98,6 +122,7 @@ class UserRepository(Repository):
         now = _aware(now, self._clock)
         record: UserRecord | None = None
         stored_hash: str | None = None
+        account_disabled = False
         # Only a well-formed name can exist; anything else (a NUL byte, which PostgreSQL
         # refuses in text, or a megabyte) is simply unknown, without a database read.
         if _USERNAME_RE.fullmatch(username):
@@ -105,6 +130,7 @@ class UserRepository(Repository):
                 row = session.get(User, username)
                 if row is not None:
                     record, stored_hash = _user_record(row), row.password_hash
+                    account_disabled = row.account_row.disabled
         if record is None:
             self._hasher.verify(None, password)
             # An unknown name may be a password typed in the wrong field: do not keep it.
@@ -120,11 +146,10 @@ class UserRepository(Repository):
                 ip=ip,
             )
             return None
-        if record.disabled:
+        if record.disabled or account_disabled:
             self._hasher.verify(None, password)
-            self._audit.record(
-                "user.auth_failed", None, record.username, {"reason": "disabled"}, ip=ip
-            )
+            reason = "disabled" if record.disabled else "account_disabled"
+            self._audit.record("user.auth_failed", None, record.username, {"reason": reason}, ip=ip)
             return None
         ok, new_hash = self._hasher.verify(stored_hash, password)
         if not ok:
@@ -168,13 +193,22 @@ class UserRepository(Repository):
         return self._disable(User, User.username, username, "user.disabled", actor)
 
     def is_active(self, username: str) -> bool:
-        """Exists and is not disabled; a lockout does not end issued tokens."""
+        """Exists and is not disabled, nor is its account; a lockout does not end issued
+        tokens."""
+        return self.active_account(username) is not None
+
+    def active_account(self, username: str) -> AccountRecord | None:
+        """The account of an enabled user whose account is enabled, else None."""
         with self._sessions() as session:
             user = session.get(User, username)
-            return user is not None and not user.disabled
+            if user is None or user.disabled or user.account_row.disabled:
+                return None
+            return _account_record(user.account_row)
 
     # Last: below it, ``list`` in an annotation would name this method, not the builtin.
-    def list(self) -> list[UserRecord]:
+    def list(self, account: str | None = None) -> list[UserRecord]:
+        query = select(User).order_by(User.created_at, User.username)
+        if account is not None:
+            query = query.where(User.account == account)
         with self._sessions() as session:
-            rows = session.scalars(select(User).order_by(User.created_at, User.username))
-            return [_user_record(row) for row in rows]
+            return [_user_record(row) for row in session.scalars(query)]

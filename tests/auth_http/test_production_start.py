@@ -125,3 +125,43 @@ def test_cli_serve_in_production_without_pepper_exits_with_one_line(
     assert jwt_secret not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "var" / "api_key_pepper").exists()
+
+
+@pytest.mark.parametrize("redis_url", [None, "memory://"])
+def test_cli_serve_in_production_with_workers_and_no_redis_exits_with_one_line(
+    tmp_path: Path, trained_model_dir: Path, redis_url: str | None
+) -> None:
+    """More than one worker with the in-memory limiter would make every limit per
+    worker (RATE_LIMIT_TOKEN=5/minute let 10 of 20 attempts through): in production
+    that is a start-up error, before gunicorn starts, not a warning."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in {field.upper() for field in Settings.model_fields}
+    }
+    env |= {
+        "APP_ENV": "production",
+        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+        "API_KEY_PEPPER": STRONG_PEPPER,
+        "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.db'}",
+        "MODEL_DIR": str(trained_model_dir),
+    }
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    executable = Path(sys.executable).with_name("housing-api")
+    result = subprocess.run(
+        [str(executable), "serve", "--port", "1", "--workers", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: APP_ENV=production with 2 workers needs REDIS_URL")
+    assert "gunicorn" not in result.stderr.lower()
+    assert "Traceback" not in result.stderr

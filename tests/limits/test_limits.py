@@ -7,6 +7,7 @@ shows the same limits shared across processes through a real Redis.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,10 +19,18 @@ from fastapi import FastAPI
 from tests.limits.conftest import HOUSE, OUTSIDER, PROXY, http, running
 
 pytestmark = pytest.mark.anyio
+_accounts = itertools.count(1)
 
 
-def api_key(app: FastAPI, scopes: str = "predict models:read", plan: str = "default") -> str:
-    return str(app.state.services.store.api_keys.create("limits-test", scopes, plan)[1])
+def api_key(
+    app: FastAPI,
+    scopes: str = "predict models:read",
+    plan: str = "default",
+    account: str | None = None,
+) -> str:
+    """A key of ``account``; by default of an account of its own: one caller, one budget."""
+    owner = account or f"limits-test-{next(_accounts)}"
+    return str(app.state.services.store.api_keys.create(owner, scopes, plan)[1])
 
 
 def assert_quota_headers(response: httpx.Response) -> None:
@@ -139,40 +148,95 @@ async def test_plan_overrides_the_default_limit(build_app: Callable[..., FastAPI
     assert other.headers["X-RateLimit-Limit"] == "50"
 
 
-async def test_token_endpoint_counts_every_attempt_per_address(
+async def test_failed_token_attempts_count_per_address_then_even_the_right_secret_waits(
     build_app: Callable[..., FastAPI],
 ) -> None:
+    """RATE_LIMIT_TOKEN counts refused attempts per address: past it that address gets
+    429 whatever it sends, until the window passes; another address is not concerned."""
     async with running(build_app(rate_limit_token="3/minute")) as app:
         client_id, secret = app.state.services.store.clients.create(None, "predict")
         form = {"grant_type": "client_credentials"}
         async with http(app) as client:
-            good = [
-                await client.post("/token", data=form, auth=(client_id, secret)) for _ in range(3)
+            failures = [
+                await client.post("/token", data=form, auth=(f"cl_unknown{i:08d}", "wrong"))
+                for i in range(3)
             ]
             throttled = await client.post("/token", data=form, auth=(client_id, secret))
         async with http(app, peer="192.0.2.99") as elsewhere:
             other_address = await elsewhere.post("/token", data=form, auth=(client_id, secret))
-    assert [g.status_code for g in good] == [200, 200, 200]
+    assert [f.status_code for f in failures] == [401, 401, 401]
     assert_throttled(throttled, oauth=True)
+    assert "access_token" not in throttled.text
     assert other_address.status_code == 200
 
 
-async def test_failed_logins_lock_the_client_across_addresses(
+async def test_issuance_is_limited_per_client_not_per_address(
     build_app: Callable[..., FastAPI],
 ) -> None:
-    """A brute force spread over many addresses still hits the per-client counter,
-    and once it is throttled even the right secret gets 429 until the window passes."""
+    """RATE_LIMIT_TOKEN_ISSUANCE counts tokens per client, from any address: one client
+    past it waits, another client behind the same address (a NAT) does not; successes
+    never count against the address."""
+    app = build_app(rate_limit_token="2/minute", rate_limit_token_issuance="3/minute")
+    async with running(app):
+        store = app.state.services.store
+        first, second = store.clients.create(None, "predict"), store.clients.create(None, "predict")
+        form = {"grant_type": "client_credentials"}
+        async with http(app) as nat:
+            issued = [await nat.post("/token", data=form, auth=first) for _ in range(3)]
+            refused = await nat.post("/token", data=form, auth=first)
+            neighbour = [await nat.post("/token", data=form, auth=second) for _ in range(3)]
+        async with http(app, peer="192.0.2.77") as elsewhere:
+            refused_elsewhere = await elsewhere.post("/token", data=form, auth=first)
+    assert [a.status_code for a in issued] == [200] * 3
+    assert [a.headers["X-RateLimit-Remaining"] for a in issued] == ["2", "1", "0"]
+    assert issued[0].headers["RateLimit-Policy"] == '"3-per-60s";q=3;w=60'
+    assert_throttled(refused, oauth=True)
+    assert [a.status_code for a in neighbour] == [200] * 3
+    assert_throttled(refused_elsewhere, oauth=True)
+
+
+async def test_failures_in_a_clients_name_never_refuse_its_secret_from_elsewhere(
+    build_app: Callable[..., FastAPI],
+) -> None:
+    """A brute force spread over many addresses throttles those addresses, never the
+    client: its correct secret from an address that has not failed gets a token."""
     async with running(build_app(rate_limit_token="4/minute")) as app:
         client_id, secret = app.state.services.store.clients.create(None, "predict")
         form = {"grant_type": "client_credentials"}
         for i in range(4):
             async with http(app, peer=f"192.0.2.{i + 1}") as attacker:
-                wrong = await attacker.post("/token", data=form, auth=(client_id, f"guess-{i}"))
-                assert wrong.status_code == 401
+                answers = [
+                    await attacker.post("/token", data=form, auth=(client_id, f"guess-{i}-{n}"))
+                    for n in range(6)
+                ]
+                # The pair (address, client) is refused at half the limit, before its
+                # secret is even checked (a refusal is not a failure of the address).
+                assert [a.status_code for a in answers] == [401, 401, 429, 429, 429, 429]
         async with http(app, peer="192.0.2.200") as owner:
-            refused = await owner.post("/token", data=form, auth=(client_id, secret))
-    assert_throttled(refused, oauth=True)
-    assert "access_token" not in refused.text
+            answer = await owner.post("/token", data=form, auth=(client_id, secret))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["access_token"]
+
+
+async def test_a_failing_pair_does_not_throttle_its_neighbours_behind_one_address(
+    build_app: Callable[..., FastAPI],
+) -> None:
+    """Half of RATE_LIMIT_TOKEN per (address, client): a misconfigured client stops
+    itself (429s are not failures) before its address's budget is spent, so the other
+    clients behind that address keep getting tokens."""
+    async with running(build_app(rate_limit_token="4/minute")) as app:
+        store = app.state.services.store
+        broken, _ = store.clients.create(None, "predict")
+        healthy = store.clients.create(None, "predict")
+        form = {"grant_type": "client_credentials"}
+        async with http(app) as nat:
+            retries = [
+                await nat.post("/token", data=form, auth=(broken, "stale")) for _ in range(8)
+            ]
+            neighbour = [await nat.post("/token", data=form, auth=healthy) for _ in range(3)]
+    assert [a.status_code for a in retries] == [401, 401] + [429] * 6
+    assert_throttled(retries[-1], oauth=True)
+    assert [a.status_code for a in neighbour] == [200] * 3
 
 
 async def test_failed_authentications_count_against_the_address_not_the_key(

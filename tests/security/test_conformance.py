@@ -47,17 +47,22 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def test_a_body_that_is_not_utf8_is_malformed_json_422_like_any_other(
-    client: httpx.AsyncClient,
+async def test_a_body_that_is_not_utf8_is_a_400_problem_declared_by_openapi(
+    app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    """FastAPI answered 400 for undecodable bytes, 422 for bad JSON; both are 422 now."""
+    """FastAPI answered 400 for undecodable bytes, 422 for bad JSON. The contract now
+    says JSON is UTF-8 only (RFC 8259 §8.1): any body that is not is a 400 problem,
+    before validation, and the OpenAPI document declares it."""
     for body in (b"\xc3\x28", b'{"lotsize": "\xff"}'):
         response = await client.post(
             "/v1/predict", content=body, headers={"content-type": "application/json"}
         )
-        assert response.status_code == 422, response.text
+        assert response.status_code == 400, response.text
         assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["errors"][0]["type"] == "json_invalid"
+        assert response.json()["type"] == "urn:housing-api:problem:json-not-utf8"
+        assert "\ufffd" not in response.text
+    declared = app.openapi()["paths"]["/v1/predict"]["post"]["responses"]
+    assert "400" in declared
 
 
 async def test_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
