@@ -12,6 +12,8 @@ from app.errors import install_error_handlers
 from app.guards import LoadSheddingMiddleware, MaxBodySizeMiddleware
 from app.lifespan import lifespan
 from app.limits import FailureThrottle, build_limiter, rate_limited
+from app.openapi import install as install_openapi
+from app.openapi import operation_id
 from app.request_context import RequestContextMiddleware
 from app.routes import admin, docs, health, jwks, models, oauth, predict, usage
 from app.routes import keys as key_routes
@@ -51,7 +53,9 @@ def create_app(settings: Settings) -> FastAPI:
         # ReDoc would need a CDN, so it is off.
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
+    install_openapi(app, password_grant_enabled=settings.password_grant_enabled)
     app.state.services = built
     app.state.limiter = limiter  # SlowAPI's decorators look for it under this name
     install_error_handlers(app)
