@@ -43,7 +43,7 @@ OPERATION_IDS: dict[str, str] = {
     "predict_v2_batch": "predictV2Batch",
     "model_v1": "getModelV1",
     "model_v2": "getModelV2",
-    "token": "issueToken",
+    "token": "issueToken",  # nosec B105  # an operation id, not a password
     "revoke": "revokeToken",
     "jwks": "getJwks",
     "metrics": "getMetrics",
