@@ -38,7 +38,7 @@ from app.reload import ModelReloader, ReloadFailed, publish_model_info
 from app.state import Services
 from auth.verifier import CredentialVerifier
 from auth.wiring import open_store
-from migrations import upgrade_schema
+from migrations import schema_preparer
 from ml.artifacts import load_all
 from ml.features import MODEL_VERSIONS
 from monitoring.drift import refresh_gauges
@@ -98,7 +98,8 @@ async def lifespan(built: Services, app: FastAPI) -> AsyncIterator[None]:
     # Verified before use: a tampered artifact stops the start (ArtifactError).
     built.models = load_all(settings.model_dir)
     publish_model_info(metrics, {}, built.models)
-    with open_store(settings, upgrade_schema) as store:
+    # An empty database gets its schema; an outdated one is refused in production.
+    with open_store(settings, schema_preparer(settings.is_production)) as store:
         verifier = CredentialVerifier(
             store, built.signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )

@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import problem_response
 from app.settings import Settings
+from monitoring.tracing import traced
 
 logger = logging.getLogger("app.limits")
 
@@ -95,6 +96,7 @@ class PipelinedMovingWindow(MovingWindowRateLimiter):
         super().__init__(storage)
         self._seen = threading.local()
 
+    @traced("rate_limit")
     def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
         storage = self.storage
         if not isinstance(storage, RedisStorage):

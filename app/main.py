@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from slowapi.errors import RateLimitExceeded
@@ -20,8 +21,13 @@ from app.routes import keys as key_routes
 from app.routes import metrics as metrics_route
 from app.settings import Settings
 from app.state import Services
+from app.tracing import TracingMiddleware
 from auth.wiring import pepper, signing_keys
 from monitoring.metrics import Metrics
+from monitoring.tracing import build_tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 API_DESCRIPTION = """
 Predicts 1987 sale prices of houses in Windsor, Ontario, from lot size, rooms and amenities.
@@ -31,8 +37,11 @@ Predicts 1987 sale prices of houses in Windsor, Ontario, from lot size, rooms an
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the service. Bad signing keys or pepper raise ``ConfigError`` here, at once."""
+def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """Build the service. Bad signing keys or pepper raise ``ConfigError`` here, at once.
+
+    Spans go over OTLP to OTEL_EXPORTER_OTLP_ENDPOINT, or to ``span_exporter`` (tests).
+    """
     keys = signing_keys(settings)
     pepper(settings)  # fail now, not on the first request, if it is missing or weak
     limiter = build_limiter(settings)
@@ -77,6 +86,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     # Outermost: every answer, even a shed or refused one, has a request id and a log event.
     app.add_middleware(RequestContextMiddleware, metrics=built.metrics)
+    # Outside even that: the request's span (and trace id) covers its log event too.
+    tracing = build_tracer(settings.otel_exporter_otlp_endpoint, exporter=span_exporter)
+    app.add_middleware(TracingMiddleware, tracing=tracing)
 
     app.include_router(health.router)
     app.include_router(predict.build_router(limiter, settings))

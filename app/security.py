@@ -22,6 +22,7 @@ from app.state import services
 from auth import scopes as S
 from auth.principal import Principal
 from auth.verifier import CredentialRejected, CredentialVerifier, StoreNeeded
+from monitoring.tracing import traced
 
 REALM = "housing-api"
 
@@ -97,6 +98,7 @@ def _bearer_token(authorization: str) -> str:
     return token.strip()
 
 
+@traced("authenticate")
 async def authenticate(
     security_scopes: SecurityScopes,
     request: Request,

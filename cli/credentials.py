@@ -17,7 +17,7 @@ from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
 from auth.wiring import open_store
 from db.engine import UnsupportedDatabaseError
-from migrations import upgrade_schema
+from migrations import SchemaError, schema_preparer
 
 clients = typer.Typer(help="OAuth clients (client_credentials grant).", no_args_is_help=True)
 users = typer.Typer(help="Password users (password grant, when enabled).", no_args_is_help=True)
@@ -38,9 +38,11 @@ def _fail(message: str) -> typer.Exit:
 
 @contextmanager
 def _store() -> Iterator[CredentialStore]:
-    """The store with its schema created or migrated; domain errors become one-line exits."""
+    """The store, its schema created on an empty database (migrated in development only);
+    domain errors become one-line exits."""
+    settings = Settings()
     try:
-        with open_store(Settings(), upgrade_schema) as store:
+        with open_store(settings, schema_preparer(settings.is_production)) as store:
             yield store
     except (
         ConfigError,
@@ -48,6 +50,7 @@ def _store() -> Iterator[CredentialStore]:
         DuplicateError,
         InvalidValueError,
         PasswordPolicyError,
+        SchemaError,
     ) as exc:
         raise _fail(str(exc)) from None
 

@@ -78,8 +78,8 @@ def _version(text: str | None) -> str | None:
 
 @contextmanager
 def _database(settings: Settings) -> Iterator[Engine]:
-    """The service's database, its schema created or migrated first."""
-    from migrations import upgrade_schema
+    """The service's database, its schema created first if empty (see ``migrations``)."""
+    from migrations import SchemaError, prepare_schema
     from monitoring.predictionlog import make_log_engine
 
     try:
@@ -87,7 +87,10 @@ def _database(settings: Settings) -> Iterator[Engine]:
     except UnsupportedDatabaseError as exc:
         raise _fail(str(exc)) from None
     try:
-        upgrade_schema(engine)
+        try:
+            prepare_schema(engine, production=settings.is_production)
+        except SchemaError as exc:
+            raise _fail(str(exc)) from None
         yield engine
     finally:
         engine.dispose()

@@ -48,6 +48,7 @@ from monitoring.predictionlog import (
     matrix_columns,
     shadow_models,
 )
+from monitoring.tracing import traced
 
 
 class _OrjsonRequest(Request):
@@ -97,6 +98,7 @@ def _matrix(houses: Sequence[HouseV1], model: LoadedModel) -> np.ndarray:
     return np.fromiter(values, dtype=np.float64, count=rows * width).reshape(rows, width)
 
 
+@traced("model")
 def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> tuple[np.ndarray, list[float]]:
     """The model's input matrix (the prediction log reuses it) and its prices."""
     X = _matrix(houses, model)
