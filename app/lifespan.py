@@ -43,6 +43,7 @@ from ml.artifacts import load_all
 from ml.features import MODEL_VERSIONS
 from monitoring.drift import refresh_gauges
 from monitoring.predictionlog import PredictionLogWriter, make_log_engine
+from monitoring.runtime import REFRESH_SECONDS as RUNTIME_REFRESH_SECONDS
 
 logger = logging.getLogger("app.lifespan")
 
@@ -56,6 +57,12 @@ async def _refresh_drift_forever(built: Services, engine: Engine) -> None:
             await asyncio.to_thread(refresh_gauges, engine, built.models, built.metrics, window)
         except Exception:  # a failed refresh keeps the previous values; try again later
             logger.exception("drift gauges: refresh failed")
+
+
+async def _refresh_runtime_metrics_forever(built: Services) -> None:
+    while True:
+        await asyncio.sleep(RUNTIME_REFRESH_SECONDS)
+        built.metrics.refresh_runtime()
 
 
 @contextlib.contextmanager
@@ -143,17 +150,19 @@ async def _running_operations(built: Services) -> AsyncIterator[None]:
         )
         writer.start()
         built.prediction_log = writer
-    drift: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     if settings.drift_refresh_seconds > 0:
-        drift = asyncio.create_task(_refresh_drift_forever(built, engine))
+        tasks.append(asyncio.create_task(_refresh_drift_forever(built, engine)))
+    if metrics.gc_counters is not None:  # under gunicorn: this worker's GC statistics
+        tasks.append(asyncio.create_task(_refresh_runtime_metrics_forever(built)))
     try:
         with _sighup_reloads(reloader):
             yield
     finally:
-        if drift is not None:
-            drift.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await drift
+                await task
         if writer is not None:
             await asyncio.to_thread(writer.close)
         engine.dispose()
