@@ -39,11 +39,28 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for cross-validation folds and estimators.")] = 0,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 10,
 ) -> None:
-    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib, plan.json, manifest.json)."""
-    from ml.training import train_all
+    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib, plan.json, manifest.json).
+
+    Each candidate's cross-validated score is printed (stderr) as soon as it is known.
+    """
+    from cli.progress import progress
+    from ml.candidates import CANDIDATES
+    from ml.features import MODEL_VERSIONS
+    from ml.training import CVScore, train_all
 
     settings = Settings()
-    manifests = train_all(settings.data_path, settings.model_dir, seed=seed, folds=folds)
+    with progress() as bar:
+        task = bar.add_task("training", total=len(CANDIDATES) * len(MODEL_VERSIONS))
+
+        def scored(version: str, score: CVScore) -> None:
+            bar.console.print(
+                f"{version} {score.name:<28} CV MAE {score.mae:>9,.0f}  R² {score.r2:.3f}"
+            )
+            bar.update(task, advance=1, description=f"training {version}")
+
+        manifests = train_all(
+            settings.data_path, settings.model_dir, seed=seed, folds=folds, on_score=scored
+        )
     for version, manifest in manifests.items():
         chosen = manifest["metrics"]["chosen"]
         baseline = manifest["metrics"]["baseline"]

@@ -14,8 +14,10 @@ libraries) the same ``model.joblib`` bytes. Only ``trained_at`` differs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +83,10 @@ def cross_validate(
     seed: int,
     folds: int,
     candidates: tuple[Candidate, ...] = CANDIDATES,
+    on_score: Callable[[CVScore], None] | None = None,
 ) -> list[CVScore]:
-    """Out-of-fold metrics for every candidate, in candidate order."""
+    """Out-of-fold metrics for every candidate, in candidate order; ``on_score`` hears
+    each candidate's as soon as it is known (progress)."""
     X, y, lot = dataset.X, dataset.y, _lot_column(dataset)
     splits = list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(X))
     truth = [y[test] for _, test in splits]
@@ -103,6 +107,8 @@ def cross_validate(
                 candidate.build(seed, lot).fit(X[train], y[train]).predict(X[test])
                 for train, test in splits
             ]
+        if on_score is not None:
+            on_score(_score(candidate, truth, oof[candidate.name]))
     return [_score(c, truth, oof[c.name]) for c in candidates]
 
 
@@ -213,12 +219,19 @@ def build_manifest(
 
 
 def train_version(
-    data_path: Path, model_dir: Path, version: ModelVersion, *, seed: int = 0, folds: int = 10
+    data_path: Path,
+    model_dir: Path,
+    version: ModelVersion,
+    *,
+    seed: int = 0,
+    folds: int = 10,
+    on_score: Callable[[ModelVersion, CVScore], None] | None = None,
 ) -> dict[str, Any]:
     """Choose, fit and write one version; returns its manifest."""
     dataset = load_dataset(data_path, version)
     _check_ranges(dataset)
-    scores = cross_validate(dataset, seed=seed, folds=folds)
+    heard = partial(on_score, version) if on_score is not None else None
+    scores = cross_validate(dataset, seed=seed, folds=folds, on_score=heard)
     chosen = select(scores)
     candidate = next(c for c in CANDIDATES if c.name == chosen.name)
     estimator = candidate.build(seed, _lot_column(dataset)).fit(dataset.X, dataset.y)
@@ -227,10 +240,18 @@ def train_version(
 
 
 def train_all(
-    data_path: Path, model_dir: Path, *, seed: int = 0, folds: int = 10
+    data_path: Path,
+    model_dir: Path,
+    *,
+    seed: int = 0,
+    folds: int = 10,
+    on_score: Callable[[ModelVersion, CVScore], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Train every version from ``data_path`` into ``model_dir``; manifests by version."""
+    """Train every version from ``data_path`` into ``model_dir``; manifests by version.
+    ``on_score(version, score)`` hears each candidate's CV score as it is known."""
     return {
-        version: train_version(data_path, model_dir, version, seed=seed, folds=folds)
+        version: train_version(
+            data_path, model_dir, version, seed=seed, folds=folds, on_score=on_score
+        )
         for version in MODEL_VERSIONS
     }
