@@ -77,7 +77,11 @@ def _emit(as_json: bool, values: dict[str, Any], warning: str | None = None) -> 
 
 
 def _when(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value else "-"
+    return _iso(value) or "-"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
 
 
 ONCE = "This secret is shown once and stored only as an HMAC; keep it safe."
@@ -93,18 +97,33 @@ def create_client(
         client_id, secret = store.clients.create(name, wanted, plan, actor=ACTOR)
     _emit(
         as_json,
-        {"client_id": client_id, "client_secret": secret, "scope": format_scopes(wanted)},
+        {"client_id": client_id, "client_secret": secret, "scopes": format_scopes(wanted)},
         ONCE,
     )
 
 
 @clients.command("list")
-def list_clients() -> None:
+def list_clients(as_json: JsonOpt = False) -> None:
+    """Clients and their state; never a secret."""
     with _store() as store:
-        for c in store.clients.list():
-            state = "disabled" if c.disabled else "active"
-            scope = format_scopes(c.scopes)
-            typer.echo(f"{c.client_id}  {c.name or '-'}  {scope}  plan={c.plan}  {state}")
+        found = store.clients.list()
+    rows = [
+        {
+            "client_id": c.client_id,
+            "name": c.name,
+            "scopes": format_scopes(c.scopes),
+            "plan": c.plan,
+            "status": "disabled" if c.disabled else "active",
+        }
+        for c in found
+    ]
+    if as_json:
+        typer.echo(json.dumps({"clients": rows}))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['client_id']}  {r['name'] or '-'}  {r['scopes']}  plan={r['plan']}  {r['status']}"
+        )
 
 
 @clients.command("disable")
@@ -133,19 +152,33 @@ def create_user(
     wanted = _scopes(scopes)
     with _store() as store:
         user = store.users.create(name, password, wanted, plan, actor=ACTOR)
-    _emit(as_json, {"username": user.username, "scope": format_scopes(user.scopes)})
+    _emit(as_json, {"username": user.username, "scopes": format_scopes(user.scopes)})
 
 
 @users.command("list")
-def list_users() -> None:
+def list_users(as_json: JsonOpt = False) -> None:
+    """Password users and their state; never a password or its hash."""
     with _store() as store:
-        for u in store.users.list():
-            state = "disabled" if u.disabled else "active"
-            typer.echo(f"{u.username}  {format_scopes(u.scopes)}  plan={u.plan}  {state}")
+        found = store.users.list()
+    rows = [
+        {
+            "username": u.username,
+            "scopes": format_scopes(u.scopes),
+            "plan": u.plan,
+            "status": "disabled" if u.disabled else "active",
+        }
+        for u in found
+    ]
+    if as_json:
+        typer.echo(json.dumps({"users": rows}))
+        return
+    for r in rows:
+        typer.echo(f"{r['username']}  {r['scopes']}  plan={r['plan']}  {r['status']}")
 
 
 @users.command("disable")
 def disable_user(name: str) -> None:
+    """Disable a user: their tokens are refused by every worker within seconds."""
     with _store() as store:
         if not store.users.disable(name, actor=ACTOR):
             raise _fail(f"no user {name!r}")
@@ -169,7 +202,7 @@ def create_key(
         key_id, api_key = store.api_keys.create(
             owner, wanted, plan, expires_at=expires_at, created_by=ACTOR
         )
-    values = {"key_id": key_id, "api_key": api_key, "owner": owner, "scope": format_scopes(wanted)}
+    values = {"key_id": key_id, "api_key": api_key, "owner": owner, "scopes": format_scopes(wanted)}
     if expires_at:
         values["expires_at"] = _when(expires_at)
     _emit(as_json, values, ONCE)
@@ -178,17 +211,34 @@ def create_key(
 @keys.command("list")
 def list_keys(
     owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's keys.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Key ids and their state; never the secret or its hash."""
     now = datetime.now(UTC)
     with _store() as store:
-        for k in store.api_keys.list(owner):
-            state = k.unusable_reason(now) or "active"
-            typer.echo(
-                f"{k.key_id}  owner={k.owner}  {format_scopes(k.scopes)}  plan={k.plan}  "
-                f"created={_when(k.created_at)}  expires={_when(k.expires_at)}  "
-                f"last_used={_when(k.last_used_at)}  {state}"
-            )
+        found = store.api_keys.list(owner)
+    rows = [
+        {
+            "key_id": k.key_id,
+            "owner": k.owner,
+            "scopes": format_scopes(k.scopes),
+            "plan": k.plan,
+            "created_at": _iso(k.created_at),
+            "expires_at": _iso(k.expires_at),
+            "last_used_at": _iso(k.last_used_at),
+            "status": k.unusable_reason(now) or "active",
+        }
+        for k in found
+    ]
+    if as_json:
+        typer.echo(json.dumps({"keys": rows}))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['key_id']}  owner={r['owner']}  {r['scopes']}  plan={r['plan']}  "
+            f"created={r['created_at'] or '-'}  expires={r['expires_at'] or '-'}  "
+            f"last_used={r['last_used_at'] or '-'}  {r['status']}"
+        )
 
 
 @keys.command("revoke")
