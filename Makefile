@@ -8,7 +8,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Real servers the tests start on loopback (never mocked); Chromium (with its fonts)
 # renders /docs in the end-to-end suite.
-SYSTEM_PACKAGES := redis-server nginx-light postgresql wrk openssl chromium fonts-liberation nodejs
+SYSTEM_PACKAGES := redis-server nginx-light postgresql wrk openssl chromium fonts-liberation \
+	nodejs curl
+# `make run`: where it listens (`make run PORT=8001`).
+HOST ?= 127.0.0.1
+PORT ?= 8000
 # `make stack`: the TLS edge's ports on loopback.
 HTTPS_PORT ?= 8443
 HTTP_PORT ?= 8080
@@ -52,7 +56,7 @@ models: install ## train v1 and v2 unless their artifacts exist
 	  echo "models present in models/"; else $(BIN)/housing-api train; fi
 
 run: install models
-	$(BIN)/housing-api serve --host 127.0.0.1 --port 8000
+	$(BIN)/housing-api serve --host $(HOST) --port $(PORT)
 
 test: install system-deps test-tools lint
 	$(BIN)/pytest
