@@ -4,9 +4,13 @@
 #
 #   docker build -t housing-api .
 #
-# The base is pinned to an exact release and Debian version. For a release build pin
-# the digest as well (`docker buildx imagetools inspect python:3.11.15-slim-bookworm`),
-# e.g. --build-arg PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:<digest>.
+# The base is pinned to an exact release and Debian version, not to a digest: no
+# container registry is reachable from where this file is built and tested, and an
+# unverified digest would be worse than none. For a release build, look the digest up
+# on a machine that reaches Docker Hub and pin it, refreshing it the same way whenever
+# the tag is rebuilt (README, "The image and the compose stack"):
+#   docker buildx imagetools inspect python:3.11.15-slim-bookworm --format '{{json .Manifest.Digest}}'
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:<digest> .
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 
 # --- build: the virtualenv and the models -----------------------------------------------

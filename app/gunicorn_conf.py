@@ -1,8 +1,14 @@
-"""Gunicorn hooks (``--config python:app.gunicorn_conf``)."""
+"""Gunicorn hooks and settings (``--config python:app.gunicorn_conf``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from monitoring.logs import logging_config
+
+# The master logs JSON too (its start, workers booting and exiting, signals), like the
+# workers: one format for the whole stderr.
+logconfig_dict = logging_config()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -38,12 +38,13 @@ from app.reload import ModelReloader, ReloadFailed, publish_model_info
 from app.state import Services
 from auth.verifier import CredentialVerifier
 from auth.wiring import open_store
-from migrations import upgrade_schema
+from migrations import schema_preparer
 from ml.artifacts import load_all
 from ml.features import MODEL_VERSIONS
 from monitoring.drift import refresh_gauges
 from monitoring.logs import flush_logs
 from monitoring.predictionlog import PredictionLogWriter, make_log_engine
+from monitoring.runtime import REFRESH_SECONDS as RUNTIME_REFRESH_SECONDS
 
 logger = logging.getLogger("app.lifespan")
 
@@ -57,6 +58,12 @@ async def _refresh_drift_forever(built: Services, engine: Engine) -> None:
             await asyncio.to_thread(refresh_gauges, engine, built.models, built.metrics, window)
         except Exception:  # a failed refresh keeps the previous values; try again later
             logger.exception("drift gauges: refresh failed")
+
+
+async def _refresh_runtime_metrics_forever(built: Services) -> None:
+    while True:
+        await asyncio.sleep(RUNTIME_REFRESH_SECONDS)
+        built.metrics.refresh_runtime()
 
 
 @contextlib.contextmanager
@@ -99,7 +106,8 @@ async def lifespan(built: Services, app: FastAPI) -> AsyncIterator[None]:
     # Verified before use: a tampered artifact stops the start (ArtifactError).
     built.models = load_all(settings.model_dir)
     publish_model_info(metrics, {}, built.models)
-    with open_store(settings, upgrade_schema) as store:
+    # An empty database gets its schema; an outdated one is refused in production.
+    with open_store(settings, schema_preparer(settings.is_production)) as store:
         verifier = CredentialVerifier(
             store, built.signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
@@ -144,17 +152,19 @@ async def _running_operations(built: Services) -> AsyncIterator[None]:
         )
         writer.start()
         built.prediction_log = writer
-    drift: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     if settings.drift_refresh_seconds > 0:
-        drift = asyncio.create_task(_refresh_drift_forever(built, engine))
+        tasks.append(asyncio.create_task(_refresh_drift_forever(built, engine)))
+    if metrics.gc_counters is not None:  # under gunicorn: this worker's GC statistics
+        tasks.append(asyncio.create_task(_refresh_runtime_metrics_forever(built)))
     try:
         with _sighup_reloads(reloader):
             yield
     finally:
-        if drift is not None:
-            drift.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await drift
+                await task
         if writer is not None:
             await asyncio.to_thread(writer.close)
         engine.dispose()

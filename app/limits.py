@@ -50,6 +50,7 @@ from app.quota import Counter, Quota, QuotaAnswer
 from app.settings import Settings
 from auth.principal import Principal
 from auth.quota import QuotaSubject, key_plan, plan_limit, quota_subjects
+from monitoring.tracing import traced
 
 logger = logging.getLogger("app.limits")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -316,6 +317,7 @@ class PredictionBudget:
             item = self._items[limit] = parse(limit)
         return item
 
+    @traced("rate_limit")
     async def charge(self, principal: Principal, cost: int) -> QuotaAnswer:
         """One hit (cost 0: a read) that also answers the RateLimit fields."""
         return await self.quota.hit(self.counters(principal), cost)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from slowapi.errors import RateLimitExceeded
@@ -21,6 +22,8 @@ from app.limits import (
     half_limit,
     rate_limited,
 )
+from app.openapi import install as install_openapi
+from app.openapi import operation_id
 from app.quota import Quota
 from app.request_context import RequestContextMiddleware
 from app.routes import admin, docs, health, jwks, models, oauth, predict, usage
@@ -28,9 +31,14 @@ from app.routes import keys as key_routes
 from app.routes import metrics as metrics_route
 from app.settings import Settings
 from app.state import Services
+from app.tracing import TracingMiddleware
 from auth.scopes import PREDICT
 from auth.wiring import pepper, signing_keys
 from monitoring.metrics import Metrics
+from monitoring.tracing import build_tracer
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 # The prediction routes, behind the guard layer: a single prediction is charged up front,
 # a batch only checked there and charged its whole cost once its rows are counted.
@@ -49,8 +57,11 @@ Predicts 1987 sale prices of houses in Windsor, Ontario, from lot size, rooms an
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the service. Bad signing keys or pepper raise ``ConfigError`` here, at once."""
+def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None) -> FastAPI:
+    """Build the service. Bad signing keys or pepper raise ``ConfigError`` here, at once.
+
+    Spans go over OTLP to OTEL_EXPORTER_OTLP_ENDPOINT, or to ``span_exporter`` (tests).
+    """
     keys = signing_keys(settings)
     pepper(settings)  # fail now, not on the first request, if it is missing or weak
     limiter = build_limiter(settings)
@@ -79,7 +90,9 @@ def create_app(settings: Settings) -> FastAPI:
         # A trailing slash is an unknown path (404), never a redirect whose absolute
         # Location would be built from the request's Host header.
         redirect_slashes=False,
+        generate_unique_id_function=operation_id,
     )
+    install_openapi(app, password_grant_enabled=settings.password_grant_enabled)
     app.state.services = built
     app.state.limiter = limiter  # SlowAPI's decorators look for it under this name
     install_error_handlers(app)
@@ -102,6 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         RequestContextMiddleware, metrics=built.metrics, server_timing=settings.server_timing
     )
+    # Outside even that: the request's span (and trace id) covers its log event too.
+    tracing = build_tracer(settings.otel_exporter_otlp_endpoint, exporter=span_exporter)
+    app.add_middleware(TracingMiddleware, tracing=tracing)
 
     app.include_router(health.router)
     app.include_router(predict.build_router(settings))

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from monitoring.logs import request_id_var
+from monitoring.logs import request_id_var, trace_context
 from monitoring.metrics import Metrics
 
 logger = logging.getLogger("app.requests")
@@ -115,5 +115,6 @@ class RequestContextMiddleware:
                 "model_version": state.get("model_version"),
                 "auth_failure": failure,
                 "request_id": request_id,
+                **trace_context(),
             },
         )

@@ -24,6 +24,7 @@ from auth import scopes as S
 from auth.principal import Principal
 from auth.secrets import parse_api_key
 from auth.verifier import CredentialRejected, StoreNeeded
+from monitoring.tracing import traced
 
 REALM = "housing-api"
 
@@ -102,6 +103,7 @@ class Presented:
         return cls(tuple(headers.getlist("authorization")), tuple(headers.getlist("x-api-key")))
 
 
+@traced("authenticate")
 async def identify(
     built: Services, presented: Presented, ip: str, state: dict[str, Any]
 ) -> Principal:

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # the last DRIFT_WINDOW_HOURS of the prediction log.
     drift_refresh_seconds: float = Field(default=300.0, ge=0, le=86_400)
     drift_window_hours: float = Field(default=24.0, gt=0, le=24 * 366)
+    # OpenTelemetry: OTLP/HTTP base endpoint (e.g. http://otel-collector:4318); unset, no
+    # tracing and no SDK at all. The other OTEL_* variables are read by the SDK itself.
+    otel_exporter_otlp_endpoint: str | None = None
 
     @field_validator(
         "rate_limit_predict",

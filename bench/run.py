@@ -59,7 +59,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from bench import components, profiling, report, servers
+from bench import components, profiling, progress, report, servers
 from bench.predict_path import per_call_us
 from deploy.processes import HOST, ServerFailed
 
@@ -108,7 +108,8 @@ FACTORIES = {
 
 
 def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    """A line above the progress bar (stderr); the summary goes to stdout."""
+    progress.CONSOLE.print(f"[bench {time.strftime('%H:%M:%S')}] {message}", markup=False)
 
 
 # --- environment and credentials --------------------------------------------------
@@ -779,6 +780,73 @@ def cpu_steal() -> tuple[int, int]:
     return fields[7] if len(fields) > 7 else 0, sum(fields)
 
 
+def _run_phases(
+    args: argparse.Namespace,
+    work: Path,
+    source: Path,
+    redis: servers.Process,
+    results: dict[str, Any],
+    path: Path,
+    next_phase: Callable[[str], None],
+) -> None:
+    """Train (unless given models), then every measured phase, each announced."""
+    next_phase("setup: models, credentials, Redis")
+    model_dir = args.model_dir
+    env = base_env(work, model_dir or work / "models", source)
+    (work / "var").mkdir()
+    if model_dir is None:
+        log("training v1 and v2 into a temporary MODEL_DIR (about 30 s)")
+        cli(env, work, "train")
+    log("creating a client and an API key with the CLI")
+    creds = create_credentials(env, work)
+    bodies = write_bodies(work, Path(env["DATA_PATH"]))
+    (work / "redis").mkdir()
+    redis.start()
+    servers.wait_redis(redis)
+    results["phases"] = []
+    for workers in args.workers:
+        next_phase(f"load test, {workers} worker(s) per server")
+        try:
+            results["phases"].append(phase(workers, args, work, env, creds, bodies, redis))
+        except (ServerFailed, RuntimeError, httpx.HTTPError) as exc:
+            log(f"workers={workers} failed: {str(exc)[-2000:]}")
+            results.setdefault("failures", []).append(
+                {"workers": workers, "error": str(exc)[-4000:]}
+            )
+        path.write_text(json.dumps(results, indent=1) + "\n")  # a checkpoint
+    next_phase("in process: predict, and each part of a request alone")
+    log("in-process LoadedModel.predict, and what each part of a request costs alone")
+    results["in_process"] = in_process(Path(env["MODEL_DIR"]), bodies, max(5, args.repeats))
+    results["components"] = components.measure(Path(env["MODEL_DIR"]), redis.port)
+    for key, name, body, route, concurrency in (
+        ("profile", "predict", bodies["single"], "/v1/predict", 32),
+        ("profile_batch", "batch", bodies["batch1000"], "/v1/predict/batch", BATCH_CONCURRENCY),
+    ):
+        next_phase(f"profile {route} (py-spy)")
+        log(f"profiling {route} with a token under py-spy")
+        try:
+            results[key] = profile(
+                work,
+                env,
+                creds,
+                body,
+                args.profile_seconds,
+                name,
+                path.with_name(f"{path.stem}-profile-{name}.svg"),
+                path=route,
+                concurrency=concurrency,
+            )
+        except (
+            ServerFailed,
+            RuntimeError,
+            httpx.HTTPError,
+            OSError,
+            subprocess.SubprocessError,
+        ) as exc:
+            log(f"profile of {route} failed: {str(exc)[-2000:]}")
+            results[key] = {"path": route, "error": f"{type(exc).__name__}: {exc}"[-4000:]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
@@ -825,58 +893,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "environment": environment(),
     }
+    # Phases: setup, one per worker count, in-process and components, two profiles.
+    total = 1 + len(args.workers) + 1 + 2
     try:
-        model_dir = args.model_dir
-        env = base_env(work, model_dir or work / "models", source)
-        (work / "var").mkdir()
-        if model_dir is None:
-            log("training v1 and v2 into a temporary MODEL_DIR (about 30 s)")
-            cli(env, work, "train")
-        log("creating a client and an API key with the CLI")
-        creds = create_credentials(env, work)
-        bodies = write_bodies(work, Path(env["DATA_PATH"]))
-        (work / "redis").mkdir()
-        redis.start()
-        servers.wait_redis(redis)
-        results["phases"] = []
-        for workers in args.workers:
-            try:
-                results["phases"].append(phase(workers, args, work, env, creds, bodies, redis))
-            except (ServerFailed, RuntimeError, httpx.HTTPError) as exc:
-                log(f"workers={workers} failed: {str(exc)[-2000:]}")
-                results.setdefault("failures", []).append(
-                    {"workers": workers, "error": str(exc)[-4000:]}
-                )
-            path.write_text(json.dumps(results, indent=1) + "\n")  # a checkpoint
-        log("in-process LoadedModel.predict, and what each part of a request costs alone")
-        results["in_process"] = in_process(Path(env["MODEL_DIR"]), bodies, max(5, args.repeats))
-        results["components"] = components.measure(Path(env["MODEL_DIR"]), redis.port)
-        for key, name, body, route, concurrency in (
-            ("profile", "predict", bodies["single"], "/v1/predict", 32),
-            ("profile_batch", "batch", bodies["batch1000"], "/v1/predict/batch", BATCH_CONCURRENCY),
-        ):
-            log(f"profiling {route} with a token under py-spy")
-            try:
-                results[key] = profile(
-                    work,
-                    env,
-                    creds,
-                    body,
-                    args.profile_seconds,
-                    name,
-                    path.with_name(f"{path.stem}-profile-{name}.svg"),
-                    path=route,
-                    concurrency=concurrency,
-                )
-            except (
-                ServerFailed,
-                RuntimeError,
-                httpx.HTTPError,
-                OSError,
-                subprocess.SubprocessError,
-            ) as exc:
-                log(f"profile of {route} failed: {str(exc)[-2000:]}")
-                results[key] = {"path": route, "error": f"{type(exc).__name__}: {exc}"[-4000:]}
+        with progress.phases(total) as next_phase:
+            _run_phases(args, work, source, redis, results, path, next_phase)
     finally:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,7 @@ from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
 from auth.wiring import open_store
 from db.engine import UnsupportedDatabaseError
-from migrations import upgrade_schema
+from migrations import SchemaError, schema_preparer
 
 clients = typer.Typer(help="OAuth clients (client_credentials grant).", no_args_is_help=True)
 users = typer.Typer(help="Password users (password grant, when enabled).", no_args_is_help=True)
@@ -59,11 +59,14 @@ def _fail(message: str) -> typer.Exit:
 
 @contextmanager
 def _store() -> Iterator[CredentialStore]:
-    """The store with its schema created or migrated; domain errors become one-line exits."""
+    """The store, its schema created on an empty database (migrated in development only);
+    domain errors become one-line exits."""
+    settings = Settings()
     try:
-        with open_store(Settings(), upgrade_schema) as store:
+        with open_store(settings, schema_preparer(settings.is_production)) as store:
             yield store
     except (
+        SchemaError,
         ConfigError,
         UnsupportedDatabaseError,
         DuplicateError,
@@ -96,7 +99,11 @@ def _emit(as_json: bool, values: dict[str, Any], warning: str | None = None) -> 
 
 
 def _when(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value else "-"
+    return _iso(value) or "-"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
 
 
 ONCE = "This secret is shown once and stored only as an HMAC; keep it safe."
@@ -123,7 +130,7 @@ def create_client(
         {
             "client_id": client_id,
             "client_secret": secret,
-            "scope": format_scopes(wanted),
+            "scopes": format_scopes(wanted),
             "account": record.account if record else account or name,
         },
         ONCE,
@@ -131,15 +138,29 @@ def create_client(
 
 
 @clients.command("list")
-def list_clients() -> None:
+def list_clients(as_json: JsonOpt = False) -> None:
+    """Clients and their state; never a secret."""
     with _store() as store:
-        for c in store.clients.list():
-            state = "disabled" if c.disabled else "active"
-            scope = format_scopes(c.scopes)
-            typer.echo(
-                f"{c.client_id}  {c.name or '-'}  account={c.account}  {scope}  "
-                f"plan={c.plan}  {state}"
-            )
+        found = store.clients.list()
+    rows = [
+        {
+            "client_id": c.client_id,
+            "name": c.name,
+            "account": c.account,
+            "scopes": format_scopes(c.scopes),
+            "plan": c.plan,
+            "status": "disabled" if c.disabled else "active",
+        }
+        for c in found
+    ]
+    if as_json:
+        typer.echo(json.dumps({"clients": rows}))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['client_id']}  {r['name'] or '-'}  account={r['account']}  {r['scopes']}  "
+            f"plan={r['plan']}  {r['status']}"
+        )
 
 
 @clients.command("disable")
@@ -174,19 +195,33 @@ def create_user(
         user = store.users.create(name, password, wanted, plan, account=account, actor=ACTOR)
     _emit(
         as_json,
-        {"username": user.username, "scope": format_scopes(user.scopes), "account": user.account},
+        {"username": user.username, "scopes": format_scopes(user.scopes), "account": user.account},
     )
 
 
 @users.command("list")
-def list_users() -> None:
+def list_users(as_json: JsonOpt = False) -> None:
+    """Password users and their state; never a password or its hash."""
     with _store() as store:
-        for u in store.users.list():
-            state = "disabled" if u.disabled else "active"
-            typer.echo(
-                f"{u.username}  account={u.account}  {format_scopes(u.scopes)}  "
-                f"plan={u.plan}  {state}"
-            )
+        found = store.users.list()
+    rows = [
+        {
+            "username": u.username,
+            "account": u.account,
+            "scopes": format_scopes(u.scopes),
+            "plan": u.plan,
+            "status": "disabled" if u.disabled else "active",
+        }
+        for u in found
+    ]
+    if as_json:
+        typer.echo(json.dumps({"users": rows}))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['username']}  account={r['account']}  {r['scopes']}  plan={r['plan']}  "
+            f"{r['status']}"
+        )
 
 
 @users.command("disable")
@@ -247,7 +282,7 @@ def create_key(
         "api_key": api_key,
         "owner": record.account if record else account,
         "account": record.account if record else account,
-        "scope": format_scopes(wanted),
+        "scopes": format_scopes(wanted),
         "expires_at": _when(expires_at) if expires_at else "never",
     }
     _emit(as_json, values, ONCE)
@@ -258,17 +293,34 @@ def list_keys(
     owner: Annotated[
         str | None, typer.Option("--account", "--owner", help="Only this account's keys.")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Key ids and their state; never the secret or its hash."""
     now = datetime.now(UTC)
     with _store() as store:
-        for k in store.api_keys.list(owner):
-            state = k.unusable_reason(now) or "active"
-            typer.echo(
-                f"{k.key_id}  account={k.account}  {format_scopes(k.scopes)}  plan={k.plan}  "
-                f"created={_when(k.created_at)}  expires={_when(k.expires_at)}  "
-                f"last_used={_when(k.last_used_at)}  {state}"
-            )
+        found = store.api_keys.list(owner)
+    rows = [
+        {
+            "key_id": k.key_id,
+            "account": k.account,
+            "scopes": format_scopes(k.scopes),
+            "plan": k.plan,
+            "created_at": _iso(k.created_at),
+            "expires_at": _iso(k.expires_at),
+            "last_used_at": _iso(k.last_used_at),
+            "status": k.unusable_reason(now) or "active",
+        }
+        for k in found
+    ]
+    if as_json:
+        typer.echo(json.dumps({"keys": rows}))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['key_id']}  account={r['account']}  {r['scopes']}  plan={r['plan']}  "
+            f"created={r['created_at'] or '-'}  expires={r['expires_at'] or '-'}  "
+            f"last_used={r['last_used_at'] or '-'}  {r['status']}"
+        )
 
 
 @keys.command("revoke")

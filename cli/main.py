@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -40,11 +41,28 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for cross-validation folds and estimators.")] = 0,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 10,
 ) -> None:
-    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib, plan.json, manifest.json)."""
-    from ml.training import train_all
+    """Train v1 and v2 from DATA_PATH into MODEL_DIR (model.joblib, plan.json, manifest.json).
+
+    Each candidate's cross-validated score is printed (stderr) as soon as it is known.
+    """
+    from cli.progress import progress
+    from ml.candidates import CANDIDATES
+    from ml.features import MODEL_VERSIONS
+    from ml.training import CVScore, train_all
 
     settings = Settings()
-    manifests = train_all(settings.data_path, settings.model_dir, seed=seed, folds=folds)
+    with progress() as bar:
+        task = bar.add_task("training", total=len(CANDIDATES) * len(MODEL_VERSIONS))
+
+        def scored(version: str, score: CVScore) -> None:
+            bar.console.print(
+                f"{version} {score.name:<28} CV MAE {score.mae:>9,.0f}  R² {score.r2:.3f}"
+            )
+            bar.update(task, advance=1, description=f"training {version}")
+
+        manifests = train_all(
+            settings.data_path, settings.model_dir, seed=seed, folds=folds, on_score=scored
+        )
     for version, manifest in manifests.items():
         chosen = manifest["metrics"]["chosen"]
         baseline = manifest["metrics"]["baseline"]
@@ -67,14 +85,19 @@ def serve(
     from auth.errors import ConfigError
     from auth.wiring import pepper, signing_keys
     from db.engine import UnsupportedDatabaseError
+    from migrations import SchemaError
     from ml.artifacts import ArtifactError, load_all
+    from monitoring.logs import configure_logging
 
     settings = Settings()
     try:
         load_all(settings.model_dir)
         signing_keys(settings)
         pepper(settings)
-    except (ArtifactError, ConfigError, UnsupportedDatabaseError) as exc:
+        # Once, before any worker starts: an empty database gets its schema, and an
+        # outdated one stops a production start here, naming `housing-api migrate`.
+        _prepare_database(settings)
+    except (ArtifactError, ConfigError, UnsupportedDatabaseError, SchemaError) as exc:
         raise fail(str(exc)) from None
     if not settings.is_production:
         _first_run_demo(settings, host, port)
@@ -86,10 +109,12 @@ def serve(
                 "with the in-memory limiter each worker would keep its own rate limits and "
                 "a limit of N would allow N per worker. Set REDIS_URL, or serve one worker."
             )
-        typer.echo(
-            f"warning: REDIS_URL is unset, so each of the {workers} workers keeps its own "
-            "in-memory rate limits (a limit of N allows up to N per worker). Set REDIS_URL.",
-            err=True,
+        # A JSON log line, like everything the server writes on stderr from here on.
+        configure_logging()
+        logging.getLogger("housing_api.serve").warning(
+            f"REDIS_URL is unset, so each of the {workers} workers keeps its own "
+            "in-memory rate limits (a limit of N allows up to N per worker). Set REDIS_URL. "
+            "(README: 'Redis and PostgreSQL locally'.)"
         )
     if workers == 1:
         import uvicorn
@@ -141,6 +166,50 @@ def serve(
     os.execv(gunicorn, argv)  # noqa: S606  # nosec B606
 
 
+def _prepare_database(settings: Settings) -> None:
+    from db.engine import make_engine
+    from migrations import prepare_schema
+
+    engine = make_engine(settings.database_url)
+    try:
+        prepare_schema(engine, production=settings.is_production)
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database schema migrations: idempotent, safe from several replicas at once.
+
+    Run it once per release before the new version starts (the Kubernetes Job
+    deploy/k8s/migrate-job.yaml, compose's `migrate` service). Production commands and
+    servers refuse a schema older than their code; development migrates by itself.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import UnsupportedDatabaseError, make_engine
+    from migrations import schema_revisions, upgrade_schema
+
+    settings = Settings()
+    try:
+        engine = make_engine(settings.database_url)
+    except UnsupportedDatabaseError as exc:
+        raise fail(str(exc)) from None
+    try:
+        before, head = schema_revisions(engine)
+        upgrade_schema(engine)  # serialised: an advisory lock, or BEGIN IMMEDIATE
+        after, _ = schema_revisions(engine)
+    except OperationalError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        raise fail(f"cannot migrate the database: {reason}") from None
+    finally:
+        engine.dispose()
+    if before == after:
+        typer.echo(f"schema already at {after} (head {head}): nothing to do")
+    else:
+        typer.echo(f"schema migrated from {before or 'empty'} to {after}")
+
+
 def _first_run_demo(settings: Settings, host: str, port: int) -> None:
     """A newcomer's first minute: on the very first development start, a demo client.
 
@@ -150,12 +219,12 @@ def _first_run_demo(settings: Settings, host: str, port: int) -> None:
     from auth.errors import DuplicateError
     from auth.scopes import PREDICT
     from auth.wiring import open_store
-    from migrations import upgrade_schema
+    from migrations import schema_preparer
 
     marker = settings.var_dir / "demo_client_created"
     if marker.exists():
         return
-    with open_store(settings, upgrade_schema) as store:
+    with open_store(settings, schema_preparer(settings.is_production)) as store:
         if store.clients.list():
             marker.touch()
             return

@@ -78,8 +78,8 @@ def _version(text: str | None) -> str | None:
 
 @contextmanager
 def _database(settings: Settings) -> Iterator[Engine]:
-    """The service's database, its schema created or migrated first."""
-    from migrations import upgrade_schema
+    """The service's database, its schema created first if empty (see ``migrations``)."""
+    from migrations import SchemaError, prepare_schema
     from monitoring.predictionlog import make_log_engine
 
     try:
@@ -87,7 +87,10 @@ def _database(settings: Settings) -> Iterator[Engine]:
     except UnsupportedDatabaseError as exc:
         raise _fail(str(exc)) from None
     try:
-        upgrade_schema(engine)
+        try:
+            prepare_schema(engine, production=settings.is_production)
+        except SchemaError as exc:
+            raise _fail(str(exc)) from None
         yield engine
     finally:
         engine.dispose()
@@ -101,11 +104,21 @@ def export(
     version: VersionOpt = None,
 ) -> None:
     """Write logged predictions (inputs, answer, model, caller, request id, time) to a file."""
+    from cli.progress import progress
     from monitoring.export import export_predictions
 
     start, only = _since(since), _version(version)
-    with _database(Settings()) as engine:
-        count = export_predictions(engine, output, fmt.value, since=start, version=only)
+    with _database(Settings()) as engine, progress(counted=False) as bar:
+        task = bar.add_task(f"exporting to {output}", total=None)
+        count = export_predictions(
+            engine,
+            output,
+            fmt.value,
+            since=start,
+            version=only,
+            on_rows=lambda written: bar.update(task, completed=written),
+        )
+        bar.update(task, total=count, completed=count)
     typer.echo(f"wrote {count:,} predictions to {output}", err=True)
 
 
@@ -127,6 +140,7 @@ def drift(
     every version with logged predictions. PSI < 0.1 stable, 0.1-0.25 moderate, > 0.25
     significant.
     """
+    from cli.progress import progress
     from monitoring.drift import (
         THRESHOLDS,
         DriftError,
@@ -142,17 +156,21 @@ def drift(
     only = _version(version)
     versions = [only] if only else list(MODEL_VERSIONS)
     reports = []
-    with _database(settings) as engine:
+    with _database(settings) as engine, progress() as bar:
+        task = bar.add_task("drift", total=len(versions))
         for name in versions:
+            bar.update(task, description=f"drift {name}: reading the prediction log")
             try:
                 manifest = read_manifest(settings.model_dir, name)
                 features, prices = logged_sample(engine, name, start)
                 report = compare(manifest, features, prices, since=start)
             except DriftError as exc:
                 raise _fail(str(exc)) from None
-            typer.echo(format_report(report) + "\n")
-            if report.rows:
-                reports.append(report)
+            bar.update(task, advance=1, description=f"drift {name}: {report.rows:,} predictions")
+            reports.append(report)
+    for report in reports:
+        typer.echo(format_report(report) + "\n")
+    reports = [report for report in reports if report.rows]
     typer.echo(f"Thresholds: {THRESHOLDS}.")
     if png is None:
         return

@@ -22,6 +22,7 @@ libraries) the same ``model.joblib`` bytes. Only ``trained_at`` differs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,13 +352,22 @@ def build_manifest(
 
 
 def train_version(
-    data_path: Path, model_dir: Path, version: ModelVersion, *, seed: int = 0, folds: int = 10
+    data_path: Path,
+    model_dir: Path,
+    version: ModelVersion,
+    *,
+    seed: int = 0,
+    folds: int = 10,
+    on_score: Callable[[ModelVersion, CVScore], None] | None = None,
 ) -> dict[str, Any]:
     """Choose, fit and write one version; returns its manifest."""
     dataset = load_dataset(data_path, version)
     _check_ranges(dataset)
     oof = out_of_fold(dataset.X, dataset.y, _lot_column(dataset), seed=seed, folds=folds)
     scores = _scores(dataset.y, oof, CANDIDATES)
+    if on_score is not None:
+        for score in scores:
+            on_score(version, score)  # progress: each candidate's CV score
     chosen = select(scores)
     candidate = next(c for c in CANDIDATES if c.name == chosen.name)
     interval = interval_report(dataset, candidate, oof, seed=seed, folds=folds)
@@ -372,10 +382,19 @@ def train_version(
 
 
 def train_all(
-    data_path: Path, model_dir: Path, *, seed: int = 0, folds: int = 10
+    data_path: Path,
+    model_dir: Path,
+    *,
+    seed: int = 0,
+    folds: int = 10,
+    on_score: Callable[[ModelVersion, CVScore], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Train every version from ``data_path`` into ``model_dir``; manifests by version."""
+    """Train every version from ``data_path`` into ``model_dir``; manifests by version.
+    ``on_score(version, score)`` hears every candidate's CV score once the version's
+    cross-validation is done, before its range and its final fit."""
     return {
-        version: train_version(data_path, model_dir, version, seed=seed, folds=folds)
+        version: train_version(
+            data_path, model_dir, version, seed=seed, folds=folds, on_score=on_score
+        )
         for version in MODEL_VERSIONS
     }

@@ -11,7 +11,7 @@ the CLI only: pyarrow is slow to import.)
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from ml.features import FEATURES, MODEL_VERSIONS, ModelVersion
 from monitoring.predictionlog import iter_predictions, query, stream
 
+OnRows = Callable[[int], None]
 FORMATS = ("csv", "parquet")
 CHUNK_ROWS = 10_000  # predictions per Parquet batch; also table rows fetched at a time
 META_COLUMNS = (
@@ -70,7 +71,9 @@ def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _write_csv(rows: Iterator[dict[str, Any]], columns: list[str], path: Path) -> int:
+def _write_csv(
+    rows: Iterator[dict[str, Any]], columns: list[str], path: Path, on_rows: OnRows
+) -> int:
     count = 0
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -78,6 +81,9 @@ def _write_csv(rows: Iterator[dict[str, Any]], columns: list[str], path: Path) -
         for row in rows:
             writer.writerow([_csv_value(row[column]) for column in columns])
             count += 1
+            if count % CHUNK_ROWS == 0:
+                on_rows(count)
+    on_rows(count)
     return count
 
 
@@ -100,13 +106,17 @@ def _arrow_schema(features: list[str]) -> Any:
     )
 
 
-def _write_parquet(rows: Iterator[dict[str, Any]], features: list[str], path: Path) -> int:
+def _write_parquet(
+    rows: Iterator[dict[str, Any]], features: list[str], path: Path, on_rows: OnRows
+) -> int:
     schema = _arrow_schema(features)
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         while chunk := list(islice(rows, CHUNK_ROWS)):
             writer.write_batch(pa.RecordBatch.from_pylist(chunk, schema=schema))
             count += len(chunk)
+            on_rows(count)
+    on_rows(count)
     return count
 
 
@@ -117,12 +127,19 @@ def export_predictions(
     *,
     since: datetime | None = None,
     version: str | None = None,
+    on_rows: OnRows | None = None,
 ) -> int:
-    """Write the matching rows to ``path`` (replaced) as ``fmt``; returns how many."""
+    """Write the matching rows to ``path`` (replaced) as ``fmt``; returns how many.
+    ``on_rows(written)`` hears the running count every CHUNK_ROWS (progress)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     features = feature_columns(version)
     rows = _rows(engine, since, version, features)
+    heard = on_rows or _ignore
     if fmt == "parquet":
-        return _write_parquet(rows, features, path)
-    return _write_csv(rows, [*META_COLUMNS, *features], path)
+        return _write_parquet(rows, features, path, heard)
+    return _write_csv(rows, [*META_COLUMNS, *features], path, heard)
+
+
+def _ignore(_written: int) -> None:
+    return None

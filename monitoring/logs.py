@@ -1,4 +1,9 @@
-"""Structured JSON logs, one object per line, with the request id on every line.
+"""Structured JSON logs, one object per line, with the request and trace ids on every
+line of a request.
+
+Every process logs through :func:`logging_config`: the app and uvicorn
+(:func:`configure_logging`), and gunicorn's master too (``logconfig_dict`` in
+``app.gunicorn_conf``), so a server's whole stderr is JSON lines.
 
 Secrets never reach a log line: the code never logs credentials, and this
 formatter also scrubs anything shaped like one (bearer tokens, JWTs, API keys,
@@ -23,6 +28,9 @@ from typing import Any
 import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The W3C trace and span ids of the request (set by app.tracing), 32 and 16 hex digits.
+trace_id_var: ContextVar[str | None] = ContextVar("trace_id", default=None)
+span_id_var: ContextVar[str | None] = ContextVar("span_id", default=None)
 
 REDACTED = "[REDACTED]"
 # Scoped flags ("(?i:...)"), so that the patterns also combine into one alternation.
@@ -37,6 +45,16 @@ SECRET_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(s) for s in _SEC
 # One pass over each line instead of one per pattern: this runs on every request's event.
 _ANY_SECRET = re.compile("|".join(f"(?:{shape})" for shape in _SECRET_SHAPES))
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn adds ``color_message``, the message with ANSI colour escapes, for its own
+# console formatter: never copied into an event.
+_DROPPED = _STANDARD | {"color_message"}
+
+
+def trace_context() -> dict[str, str]:
+    """The request's trace and span ids, for a record's ``extra`` (the formatter reads
+    them at emission anyway; a record formatted later, e.g. captured, keeps them)."""
+    ids = {"trace_id": trace_id_var.get(), "span_id": span_id_var.get()}
+    return {name: value for name, value in ids.items() if value is not None}
 
 
 def redact(text: str) -> str:
@@ -54,8 +72,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             event["request_id"] = request_id
+        event.update(trace_context())
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _DROPPED and not key.startswith("_"):
                 event[key] = value
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
@@ -73,11 +92,60 @@ def _dumps(event: dict[str, Any]) -> str:
         return json.dumps(event, default=str)
 
 
+class HarmlessSocketClose(logging.Filter):
+    """Drops gunicorn's ``Error while closing socket [Errno 9] Bad file descriptor``.
+
+    The cause, in each worker at shutdown: uvicorn hands gunicorn's listening-socket
+    wrappers to the event loop (``loop.create_server(sock=...)``); uvloop, the loop
+    uvicorn[standard] runs, closes the descriptor itself with libuv when the server
+    closes, then calls the wrapper's ``close()``, whose inner ``socket.close()`` finds
+    the descriptor already gone (EBADF) and logs it. The socket is closed either way
+    (the master keeps its own descriptor), so the line reports nothing. Only that exact
+    message with errno 9 is dropped; any other socket error is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "Error while closing socket %s"
+            and "[Errno 9]" in str(record.args[0] if isinstance(record.args, tuple) else "")
+        )
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` of every process: JSON on stderr for ours and the
+    servers' loggers. uvicorn's and gunicorn's access logs are off because
+    ``RequestContextMiddleware`` logs one richer event per request."""
+    server = {"handlers": ["stderr"], "level": level, "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"harmless_socket_close": {"()": HarmlessSocketClose}},
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "uvicorn": server,
+            "uvicorn.error": server,
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "gunicorn.error": {**server, "filters": ["harmless_socket_close"]},
+            "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "py.warnings": server,
+        },
+    }
+
+
 class BackgroundHandler(logging.handlers.QueueHandler):
     """Hands records to :func:`configure_logging`'s writer thread: building the JSON,
     redacting it and writing it happen there, off the event loop.
 
-    Unlike the standard ``prepare``, the record keeps its ``extra`` fields and the
+    Unlike the standard ``prepare``, the record keeps its ``extra`` fields, takes the
+    request and trace ids along (context variables do not cross threads), and the
     traceback travels as text, so the formatter on the other side writes the same event
     it would have written here.
     """
@@ -89,6 +157,13 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         if record.exc_info:
             prepared.exc_text = _TRACEBACKS.formatException(record.exc_info)
             prepared.exc_info = None
+        ids = trace_context()
+        request_id = request_id_var.get()
+        if request_id is not None:
+            ids["request_id"] = request_id
+        for name, value in ids.items():
+            if not hasattr(prepared, name):
+                setattr(prepared, name, value)
         return prepared
 
 
@@ -97,22 +172,21 @@ _listener: logging.handlers.QueueListener | None = None
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """JSON on stderr for our loggers and the server's, written by a background thread
-    (:class:`BackgroundHandler`); uvicorn's access log is off because
-    ``RequestContextMiddleware`` logs one richer event per request.
+    """JSON logs (:func:`logging_config`) for this process, warnings included, written
+    by a background thread (:class:`BackgroundHandler`).
 
     Nothing queued is lost on a clean exit: :func:`flush_logs` (the app's shutdown,
     and ``atexit``) writes out the queue and goes back to writing synchronously.
     """
     global _listener
     flush_logs()
-    _dict_config(level, "background")
+    config = logging_config(level)
     writer = logging.StreamHandler(sys.stderr)
     writer.setFormatter(JsonFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, BackgroundHandler):
-            handler.queue = records
+    config["handlers"]["stderr"] = {"()": BackgroundHandler, "queue": records}
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)
     _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
     _listener.start()
     atexit.register(flush_logs)
@@ -126,31 +200,5 @@ def flush_logs() -> None:
         return
     listener, _listener = _listener, None
     listener.stop()
-    _dict_config(logging.getLevelName(logging.getLogger().level), "stderr")
-
-
-def _dict_config(level: str, handler: str) -> None:
-    handlers: dict[str, Any] = {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "stream": "ext://sys.stderr",
-        },
-        "background": {"()": BackgroundHandler, "queue": queue.SimpleQueue()},
-    }
-    logging.config.dictConfig(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {"json": {"()": JsonFormatter}},
-            "handlers": {handler: handlers[handler]},
-            "root": {"handlers": [handler], "level": level},
-            "loggers": {
-                "uvicorn": {"handlers": [handler], "level": level, "propagate": False},
-                "uvicorn.error": {"handlers": [handler], "level": level, "propagate": False},
-                "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-                "gunicorn.error": {"handlers": [handler], "level": level, "propagate": False},
-                "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            },
-        }
-    )
+    level = logging.getLevelName(logging.getLogger().level)
+    logging.config.dictConfig(logging_config(level))

@@ -4,7 +4,8 @@ Each app gets its own ``CollectorRegistry`` (tests build many apps). When
 ``PROMETHEUS_MULTIPROC_DIR`` is set (``housing-api serve --workers N`` sets it
 before the workers start), prometheus-client keeps each worker's values in files
 there and ``/metrics`` merges every worker's, so a scrape answered by any worker
-tells the whole truth.
+tells the whole truth. ``process_*`` and ``python_*`` are in both modes
+(``monitoring.runtime``: under gunicorn, per ``pid`` for the master and each worker).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from monitoring.runtime import WorkerGcCounters, add_server_collectors, single_process_collectors
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -31,6 +34,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.gc_counters: WorkerGcCounters | None = None
+        if multiprocess_dir() is None:
+            single_process_collectors(r)
+        else:
+            self.gc_counters = WorkerGcCounters(r)
         self.requests = Counter(
             "http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
         )
@@ -99,10 +107,17 @@ class Metrics:
             multiprocess_mode="livemostrecent",
         )
 
+    def refresh_runtime(self) -> None:
+        """Under gunicorn, add this worker's GC progress to the shared counters."""
+        if self.gc_counters is not None:
+            self.gc_counters.refresh()
+
     def exposition(self) -> bytes:
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry)
+        self.refresh_runtime()
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]  # untyped lib
+        add_server_collectors(merged)
         return generate_latest(merged)

@@ -41,6 +41,7 @@ from monitoring.predictionlog import (
     matrix_columns,
     shadow_models,
 )
+from monitoring.tracing import traced
 
 
 def _matrix(houses: Sequence[HouseV1], model: LoadedModel) -> np.ndarray:
@@ -74,6 +75,7 @@ class _Answer:
     high: np.ndarray
 
 
+@traced("model")
 def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> _Answer:
     """Prices and their conformal ranges for validated houses, in order."""
     X = _matrix(houses, model)

@@ -12,6 +12,7 @@ import pytest
 from app.main import create_app
 from ml.artifacts import ArtifactError
 from tests.app.conftest import open_client
+from tests.support.openapi import response
 
 pytestmark = pytest.mark.anyio
 
@@ -59,9 +60,9 @@ async def test_wrong_method_is_a_problem(client: httpx.AsyncClient) -> None:
 
 async def test_openapi_declares_problem_answers(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
-    operation = spec["paths"]["/v1/predict"]["post"]
     for status in ("401", "403", "413", "415", "422", "429", "503"):
-        assert "application/problem+json" in operation["responses"][status]["content"], status
+        declared = response(spec, "/v1/predict", "post", status)
+        assert "application/problem+json" in declared["content"], status
     schema = spec["components"]["schemas"]["HouseV1"]
     assert schema["additionalProperties"] is False
     assert schema["properties"]["lotsize"]["minimum"] >= 0

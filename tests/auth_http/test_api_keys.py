@@ -159,7 +159,7 @@ async def test_cli_json_outputs_are_one_object(
         cli("clients", "create", "acme-batch", "--scopes", "predict,models:read", "--json")
     )
     assert {"client_id", "client_secret"} <= made.keys()
-    assert made["scope"] == "models:read predict"
+    assert made["scopes"] == "models:read predict"  # the API's word, in the CLI too
     token = await get_token(client, made["client_id"], made["client_secret"])
     assert (await predict(client, bearer(token))).status_code == 200
     user = cli_json(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -9,8 +10,10 @@ import pytest
 from fastapi import FastAPI
 from jose import jwt
 
+from app.main import create_app
 from app.settings import Settings
 from tests.auth_http.support import NewClient, b64url_decode_json, get_token
+from tests.support import openapi
 
 pytestmark = pytest.mark.anyio
 
@@ -46,9 +49,15 @@ async def test_jwks_publishes_one_public_es256_key(
     assert claims["client_id"] == client_id
 
 
-@pytest.mark.parametrize("algorithm", ["HS256"])
-async def test_openapi_declares_both_security_schemes(client: httpx.AsyncClient) -> None:
-    response = await client.get("/openapi.json")
+@pytest.mark.parametrize("password_grant", [False, True])
+async def test_openapi_declares_both_security_schemes(
+    make_settings: Callable[..., Settings], password_grant: bool
+) -> None:
+    """The password flow and ``grant_type=password`` are shown only when the grant is on."""
+    app = create_app(make_settings("HS256", password_grant_enabled=password_grant))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/openapi.json")
     assert response.status_code == 200
     document = response.json()
     schemes: dict[str, dict[str, Any]] = document["components"]["securitySchemes"]
@@ -57,10 +66,14 @@ async def test_openapi_declares_both_security_schemes(client: httpx.AsyncClient)
     assert len(oauth) == 1
     [(oauth_name, oauth_scheme)] = oauth.items()
     flows = oauth_scheme["flows"]
-    assert {"clientCredentials", "password"} <= flows.keys()
-    for flow in ("clientCredentials", "password"):
+    expected = {"clientCredentials", "password"} if password_grant else {"clientCredentials"}
+    assert flows.keys() == expected
+    for flow in expected:
         assert flows[flow]["tokenUrl"].endswith("/token")
         assert "predict" in flows[flow]["scopes"]
+    form = document["paths"]["/token"]["post"]["requestBody"]["content"]
+    grant_types = form["application/x-www-form-urlencoded"]["schema"]["properties"]["grant_type"]
+    assert ("password" in grant_types["enum"]) is password_grant
 
     api_keys = {name: s for name, s in schemes.items() if s["type"] == "apiKey"}
     assert len(api_keys) == 1
@@ -76,7 +89,8 @@ async def test_openapi_declares_both_security_schemes(client: httpx.AsyncClient)
         assert "predict" in oauth_requirement[oauth_name]
         responses = document["paths"][path]["post"]["responses"]
         assert {"401", "403"} <= responses.keys()
-        assert "application/problem+json" in responses["401"]["content"]
+        unauthorized = openapi.response(document, path, "post", "401")
+        assert "application/problem+json" in unauthorized["content"]
 
 
 @pytest.mark.parametrize("algorithm", ["HS256"])

@@ -42,6 +42,11 @@ def test_the_services_and_their_images(services: dict[str, dict[str, Any]]) -> N
         tag = image.rsplit(":", 1)[1]
         assert re.fullmatch(r"\d+(\.\d+)+(-[a-z0-9.]+)?", tag), image
     assert services["api"]["build"] == "."
+    # The one-shot migration: the same image, buildable on its own, running `migrate`.
+    assert services["migrate"]["build"] == "."
+    assert services["migrate"]["image"] == services["api"]["image"]
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["environment"] == services["api"]["environment"]
     assert services["api"]["deploy"]["replicas"] >= 2
 
 

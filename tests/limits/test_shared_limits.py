@@ -9,6 +9,7 @@ pepper and the API keys. The in-process tests are in tests/limits/test_limits.py
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -177,10 +178,17 @@ def test_workers_without_redis_warn_that_limits_are_per_worker(
             time.sleep(0.05)
     finally:
         server.stop()
-    assert (
-        "warning: REDIS_URL is unset, so each of the 2 workers keeps its own in-memory rate "
+    # A JSON log event, like every line of the server's stderr.
+    [warning] = [
+        event
+        for event in map(json.loads, server.stderr.splitlines())
+        if UNSET_REDIS_WARNING in event["message"]
+    ]
+    assert warning["level"] == "warning"
+    assert warning["message"].startswith(
+        "REDIS_URL is unset, so each of the 2 workers keeps its own in-memory rate "
         "limits (a limit of N allows up to N per worker). Set REDIS_URL."
-    ) in server.stderr
+    )
 
 
 @dataclass

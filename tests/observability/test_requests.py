@@ -176,3 +176,11 @@ def test_route_labels_use_templates_not_raw_paths() -> None:
 
     assert _route({"type": "http"}) == "unmatched"
     assert _route({"route": type("R", (), {"path": "/v1/predict"})()}) == "/v1/predict"
+
+
+async def test_one_process_has_process_and_python_metrics(app: FastAPI) -> None:
+    async with http(app, **{"X-API-Key": key(app, "metrics")}) as scraper:
+        values = samples((await scraper.get("/metrics")).text)
+    names = {name for name, _ in values}
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total"} <= names
+    assert {"python_gc_collections_total", "python_info"} <= names

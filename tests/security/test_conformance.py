@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from tests.security.conftest import ALL_SCOPES_TEXT, security_settings
+from tests.support import openapi
 from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.anyio
@@ -132,7 +133,7 @@ async def test_oversized_forms_get_the_declared_problem_answer(app: FastAPI) -> 
         spec = (await http.get("/openapi.json")).json()
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
-    declared = spec["paths"]["/token"]["post"]["responses"]["413"]["content"]
+    declared = openapi.response(spec, "/token", "post", "413")["content"]
     assert "application/problem+json" in declared
 
 
