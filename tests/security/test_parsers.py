@@ -395,8 +395,21 @@ JSON_ROUTES = {
     "/v2/predict": (200,),
     "/v1/predict/batch": (200,),
     "/v2/predict/batch": (200,),
-    "/v1/keys": (201, 403),  # a new key, or scopes the caller does not hold
+    # A new key, scopes (or a plan, an expiry) beyond the caller's, or the account's cap.
+    "/v1/keys": (201, 403, 409),
 }
+
+
+def _utf8_json_text(body: bytes) -> bool:
+    """What RFC 8259 §8.1 calls JSON text between systems: UTF-8, no byte-order mark
+    (a NUL byte, never in JSON text, is how UTF-16/32 shows)."""
+    if body.startswith(b"\xef\xbb\xbf") or b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @HTTP
@@ -404,11 +417,15 @@ JSON_ROUTES = {
     path=st.sampled_from(sorted(JSON_ROUTES)),
     body=json_values.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=200),
 )
-def test_arbitrary_json_bodies_get_an_answer_or_a_422_never_a_500(
+def test_arbitrary_json_bodies_get_an_answer_a_400_or_a_422_never_a_500(
     http: Http, genuine: dict[str, str], path: str, body: bytes
 ) -> None:
     headers = [(b"x-api-key", genuine["api_key"].encode()), (b"content-type", b"application/json")]
     response = http.request("POST", path, headers, body)
+    if not _utf8_json_text(body):  # refused before any validation, whatever it holds
+        assert_problem(response, 400)
+        assert response.json()["type"] == "urn:housing-api:problem:json-not-utf8"
+        return
     if response.status_code == 422:
         assert_problem(response, 422)
         assert response.json()["errors"], response.text
