@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Iterator
@@ -148,7 +149,9 @@ def drift(
         draw_report,
         format_report,
         logged_sample,
+        logged_widths,
         read_manifest,
+        width_drift,
     )
 
     settings = Settings()
@@ -164,6 +167,8 @@ def drift(
                 manifest = read_manifest(settings.model_dir, name)
                 features, prices = logged_sample(engine, name, start)
                 report = compare(manifest, features, prices, since=start)
+                widths = width_drift(manifest, logged_widths(engine, name, start))
+                report = dataclasses.replace(report, widths=widths)
             except DriftError as exc:
                 raise _fail(str(exc)) from None
             bar.update(task, advance=1, description=f"drift {name}: {report.rows:,} predictions")

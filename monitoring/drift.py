@@ -69,12 +69,27 @@ class FeatureDrift:
 
 
 @dataclass(frozen=True)
+class WidthDrift:
+    """The 90 % ranges served against training's (``ml.intervals``): a range is the
+    price times a constant factor, so its width moves with the prices served."""
+
+    served_mean: float  # mean width (high - low) of the logged answers' ranges
+    training_mean: float  # mean width on the training rows, from the manifest
+    served_rows: int
+
+    @property
+    def ratio(self) -> float:
+        return self.served_mean / self.training_mean
+
+
+@dataclass(frozen=True)
 class DriftReport:
     version: str
     sha256: str
     since: datetime
     rows: int
     features: list[FeatureDrift]  # the model's features in order, then "prediction"
+    widths: WidthDrift | None = None  # None: no logged row carries its ranges' widths
 
 
 class DriftError(Exception):
@@ -137,6 +152,32 @@ def logged_sample(
     return columns, np.array(predictions, dtype=np.float64)
 
 
+def logged_widths(engine: Engine, version: str, since: datetime) -> FloatArray:
+    """The widths of ``version``'s answered ranges since ``since`` (rows logged before
+    ranges were served have none)."""
+    statement = select(TABLE.c.interval_widths).where(
+        TABLE.c.model_version == version,
+        TABLE.c.shadow.is_(False),
+        TABLE.c.at >= since,
+        TABLE.c.interval_widths.is_not(None),
+    )
+    widths: list[float] = []
+    with engine.connect() as connection:
+        for row in connection.execution_options(stream_results=True, yield_per=1000).execute(
+            statement
+        ):
+            widths.extend(row.interval_widths or ())
+    return np.array(widths, dtype=np.float64)
+
+
+def width_drift(manifest: Mapping[str, Any], widths: FloatArray) -> WidthDrift | None:
+    """Served widths against the training rows' mean width, when both are known."""
+    training = (manifest.get("interval") or {}).get("mean_width")
+    if not len(widths) or not isinstance(training, int | float) or training <= 0:
+        return None
+    return WidthDrift(float(np.mean(widths)), float(training), len(widths))
+
+
 def compare(
     manifest: Mapping[str, Any],
     features: Mapping[str, Sequence[Any]],
@@ -189,6 +230,12 @@ def format_report(report: DriftReport) -> str:
         f"  {feature.name:<{width}}  {feature.psi:>7.3f}  {feature.status}"
         for feature in report.features
     ]
+    if report.widths is not None:
+        w = report.widths
+        lines.append(
+            f"  90 % range width: served mean {w.served_mean:,.0f} over {w.served_rows:,} "
+            f"answers, training {w.training_mean:,.0f} ({w.ratio:.2f}x)"
+        )
     if report.rows < MIN_ROWS:
         lines.append(f"  (fewer than {MIN_ROWS} predictions: read the PSI with care)")
     return "\n".join(lines)

@@ -37,6 +37,7 @@ META_COLUMNS = (
     "model_sha256",
     "shadow",
     "prediction",
+    "interval_width",
 )
 
 
@@ -101,6 +102,7 @@ def _arrow_schema(features: list[str]) -> Any:
             pa.field("model_sha256", pa.string(), nullable=False),
             pa.field("shadow", pa.bool_(), nullable=False),
             pa.field("prediction", pa.float64(), nullable=False),
+            pa.field("interval_width", pa.float64()),
             *[pa.field(name, types[kinds[name]]) for name in features],
         ]
     )

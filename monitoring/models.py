@@ -45,6 +45,9 @@ class PredictionLogRow(PredictionLogBase):
     features: Mapped[dict[str, list[Any]]] = mapped_column(JSON)
     # One price per prediction, in request order.
     predictions: Mapped[list[float]] = mapped_column(JSON)
+    # The width (high - low) of each prediction's 90 % range; null on rows logged before
+    # ranges were served.
+    interval_widths: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
 
 
 TABLE = cast(Table, PredictionLogRow.__table__)

@@ -121,11 +121,21 @@ class PredictionBatch:
     prices: list[float]
     # Other models to score the same inputs with, logged as shadow rows.
     shadows: tuple[LoadedModel, ...] = ()
+    # The width of each answer's range (high - low), as served.
+    widths: list[float] | None = None
 
     @property
     def rows(self) -> int:
         """Predictions to log: the answers and each shadow model's."""
         return len(self.prices) * (1 + len(self.shadows))
+
+
+def _widths(model: LoadedModel, prices: list[float]) -> list[float]:
+    import numpy as np
+
+    low, high = model.interval_bounds(np.asarray(prices, dtype=np.float64))
+    widths: list[float] = (high - low).tolist()
+    return widths
 
 
 def _shadow_prices(shadow: LoadedModel, columns: dict[str, list[Any]]) -> list[float]:
@@ -181,6 +191,7 @@ def to_rows(batch: PredictionBatch) -> list[dict[str, Any]]:
             "shadow": False,
             "features": columns,
             "predictions": batch.prices,
+            "interval_widths": batch.widths,
         }
     ]
     for shadow in batch.shadows:
@@ -197,20 +208,25 @@ def to_rows(batch: PredictionBatch) -> list[dict[str, Any]]:
                 "shadow": True,
                 "features": {name: columns[name] for name in shadow.feature_names},
                 "predictions": prices,
+                "interval_widths": _widths(shadow, prices),
             }
         )
     return rows
 
 
 def iter_predictions(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """One record per prediction of a stored row, with its ``batch_index``."""
+    """One record per prediction of a stored row, with its ``batch_index`` and the width
+    of its range (None for rows logged before ranges were served)."""
     features: dict[str, list[Any]] = row["features"]
-    meta = {key: value for key, value in row.items() if key not in ("features", "predictions")}
+    widths: list[float] | None = row.get("interval_widths")
+    columns = ("features", "predictions", "interval_widths")
+    meta = {key: value for key, value in row.items() if key not in columns}
     for index, price in enumerate(row["predictions"]):
         yield {
             **meta,
             "batch_index": index,
             "prediction": price,
+            "interval_width": widths[index] if widths else None,
             "features": {name: values[index] for name, values in features.items()},
         }
 

@@ -84,13 +84,13 @@ def _predict(model: LoadedModel, houses: Sequence[HouseV1]) -> _Answer:
     return _Answer(X, prices.tolist(), low.tolist(), high.tolist(), low, high)
 
 
-def _record(request: Request, model: LoadedModel, X: np.ndarray, prices: list[float]) -> None:
+def _record(request: Request, model: LoadedModel, answer: _Answer) -> None:
     """Hand a request's predictions to the prediction log (no I/O; never raises on a
     full queue: those rows are dropped and counted).
 
-    ``X`` is the matrix ``model`` was given (rows in request order, columns
-    ``model.feature_names``): its columns are what is logged, with nothing converted
-    when the log is off. Shadow mode (SHADOW_MODE=true): every other model in service
+    The answer's matrix (rows in request order, columns ``model.feature_names``) gives
+    the logged inputs, and its ranges their widths: nothing is converted when the log
+    is off. Shadow mode (SHADOW_MODE=true): every other model in service
     whose features the request carries scores the same inputs in the writer thread,
     off the answer's path, logged with ``shadow=true`` and the same request id.
     """
@@ -106,9 +106,10 @@ def _record(request: Request, model: LoadedModel, X: np.ndarray, prices: list[fl
             request_id=request_id_var.get(),
             principal=principal.id if principal is not None else None,
             model=model,
-            features=matrix_columns(X, model.feature_names, FEATURE_KINDS),
-            prices=prices,
+            features=matrix_columns(answer.X, model.feature_names, FEATURE_KINDS),
+            prices=answer.prices,
             shadows=shadows,
+            widths=(answer.high - answer.low).tolist(),
         )
     )
 
@@ -124,7 +125,7 @@ def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
     answer = _predict(model, [house])
     _note(request, model, answer)
     [price], [low], [high] = answer.prices, answer.lows, answer.highs
-    _record(request, model, answer.X, answer.prices)
+    _record(request, model, answer)
     return Prediction(
         predicted_price=price,
         interval={"low": low, "high": high, "level": model.interval.level},
@@ -136,7 +137,7 @@ def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
 def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
     answer = _predict(model, houses)
     _note(request, model, answer)
-    _record(request, model, answer.X, answer.prices)
+    _record(request, model, answer)
     level = model.interval.level
     # Built, not validated: the prices and ranges are the float lists made above (1000
     # floats revalidated for nothing otherwise), each range a plain dict (Interval is a

@@ -3,6 +3,7 @@ and a gauge. A sample drawn from the training data is stable; a lot-size shift i
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -122,7 +123,9 @@ def log_sample(engine: Engine, model: LoadedModel, columns: dict[str, list[Any]]
     for start in range(0, SAMPLE, 100):  # as 10 batch requests
         part = {name: values[start : start + 100] for name, values in columns.items()}
         prices = [float(p) for p in predict(model, part)]
-        writer.submit(PredictionBatch(time.time(), None, None, model, part, prices))
+        low, high = model.interval_bounds(np.asarray(prices))
+        widths = (high - low).tolist()  # as the prediction route logs them
+        writer.submit(PredictionBatch(time.time(), None, None, model, part, prices, (), widths))
     writer.close()
 
 
@@ -155,6 +158,14 @@ def test_the_drift_command_prints_psi_per_feature_and_draws_the_histograms(
     assert len(tables["v2"]) == 12  # 11 features and the prediction
     assert result.stdout.count("1,000 logged predictions") == 2
     assert "PSI < 0.1 stable, 0.1-0.25 moderate, > 0.25 significant" in result.stdout
+    # Served ranges against training's: wider where the lot sizes (and prices) grew.
+    ratios = dict(
+        re.findall(
+            r"^(v\d) .*?\n(?:.*\n)*?  90 % range width: .*\(([\d.]+)x\)", result.stdout, re.M
+        )
+    )
+    assert float(ratios["v1"]) > 1.05
+    assert 0.85 < float(ratios["v2"]) < 1.15
     for version in ("v1", "v2"):
         png = tmp_path / f"drift-{version}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -97,6 +97,9 @@ async def test_every_prediction_is_logged_with_its_inputs_answer_model_caller_an
     assert fourth["features"] == V2_HOUSE  # the amenities stay booleans
     assert fourth["model_sha256"] == v2.json()["model_sha256"]
     assert first["model_sha256"] == single.json()["model_sha256"]
+    # The width of each answered range, as served.
+    ranges = [single.json()["interval"], *many.json()["intervals"], v2.json()["interval"]]
+    assert [r["interval_width"] for r in rows] == [i["high"] - i["low"] for i in ranges]
     for row in rows:
         assert row["principal"] == f"api_key:{key_id}"
         assert row["shadow"] is False
@@ -158,6 +161,10 @@ async def test_shadow_mode_scores_v2_requests_with_v1_too_and_marks_those_rows(
         ("v1", request_id, 1),
     ]
     assert [r["prediction"] for r in shadows] == [a["predicted_price"] for a in v1_answers]
+    # A shadow's range is the one v1 would have answered.
+    assert [r["interval_width"] for r in shadows] == [
+        a["interval"]["high"] - a["interval"]["low"] for a in v1_answers
+    ]
     assert shadows[1]["features"] == {k: houses[1][k] for k in V1_HOUSE}
 
 
