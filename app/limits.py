@@ -256,6 +256,32 @@ class FailureThrottle:
         return isinstance(self.limiter.storage, MemoryStorage)
 
 
+_PROBE = parse("1/second")
+
+
+def limiter_shared_ok(limiter: QuotaLimiter) -> bool:
+    """Whether this process counts in the shared storage right now (``/readyz``).
+
+    False while the storage does not answer one of the limiter's own reads (a script,
+    as every hit is); True with in-memory storage (REDIS_URL unset: nothing shared).
+    SlowAPI leaves its per-process fallback only when a limited request comes and its
+    back-off (1, 2, 4 ... 32 s) allows a check, so "Redis answers" and "this process
+    counts in Redis" could be seconds apart: when the read succeeds on the fallback,
+    this switches the process back itself, so the two are one moment. The lifespan
+    calls it every second, so every worker is back within a second of Redis.
+    """
+    if isinstance(limiter.storage, MemoryStorage):
+        return True
+    try:
+        limiter._limiter.get_window_stats(_PROBE, KEY_PREFIX, "readiness", "probe")
+    except Exception:
+        return False
+    if limiter._storage_dead:  # SlowAPI's fallback flag; it has no public switch
+        limiter._storage_dead = False
+        logger.warning("rate-limit storage answers again: counting in it from now on")
+    return True
+
+
 def _policy_name(item: RateLimitItem) -> str:
     return f"{item.amount}-per-{item.get_expiry()}s"
 

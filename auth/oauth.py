@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -22,7 +23,7 @@ from urllib.parse import unquote_plus
 
 from anyio import to_thread
 
-from auth.errors import PasswordCheckBusy
+from auth.errors import PasswordCheckBusy, StoreUnavailable
 from auth.jwt_keys import SigningKeys
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import ClientRecord, CredentialStore
@@ -75,6 +76,21 @@ class Throttle(Protocol):
 
     async def failed_async(self, name: str) -> None:
         """Count one failure of ``name``."""
+
+
+@contextmanager
+def _store_needed() -> Iterator[None]:
+    """RFC 6749 §5.2 ``temporarily_unavailable`` (503, ``Retry-After``) while the store
+    cannot be reached: no verdict on the credentials, which could not be checked."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise OAuthError(
+            "temporarily_unavailable",
+            "The credential store is unavailable; retry shortly.",
+            status=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
 
 
 def _invalid_client(used_basic: bool) -> OAuthError:
@@ -186,6 +202,20 @@ class OAuthServer:
         self, form: Mapping[str, str], authorization: str | None, ip: str | None
     ) -> TokenGrant:
         """RFC 6749 §4.4 and §4.3: a token for a client, or for a user when enabled."""
+        with _store_needed():
+            return await self._issue(form, authorization, ip)
+
+    async def revoke(
+        self, form: Mapping[str, str], authorization: str | None, ip: str | None
+    ) -> None:
+        """RFC 7009: a client revokes its own access token. An invalid or expired token
+        needs no revocation (§2.2), so it returns as if revoked."""
+        with _store_needed():
+            await self._revoke(form, authorization, ip)
+
+    async def _issue(
+        self, form: Mapping[str, str], authorization: str | None, ip: str | None
+    ) -> TokenGrant:
         credentials = client_credentials(authorization, form)
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -216,11 +246,9 @@ class OAuthServer:
         )
         return TokenGrant(issued.token, self.ttl_seconds, format_scopes(grantee.scopes))
 
-    async def revoke(
+    async def _revoke(
         self, form: Mapping[str, str], authorization: str | None, ip: str | None
     ) -> None:
-        """RFC 7009: a client revokes its own access token. An invalid or expired token
-        needs no revocation (§2.2), so it returns as if revoked."""
         credentials = client_credentials(authorization, form)
         if credentials is None:
             raise _invalid_client(used_basic=False)

@@ -127,7 +127,7 @@ def _known_shape(key_id: str) -> str:
 
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     router = APIRouter(
-        prefix="/v1/keys", tags=["keys"], responses=problems(401, 403, 404, 422, 429)
+        prefix="/v1/keys", tags=["keys"], responses=problems(401, 403, 404, 422, 429, 503)
     )
     quota = limiter.shared_limit(predict_limit(settings), scope="keys", key_func=caller_key)
 

@@ -71,7 +71,7 @@ def _quota(request: Request, limiter: QuotaLimiter, settings: Settings) -> Quota
 
 
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["keys"], responses=problems(401, 429))
+    router = APIRouter(tags=["keys"], responses=problems(401, 429, 503))
     quota = limiter.shared_limit(predict_limit(settings), scope="usage", key_func=caller_key)
 
     @router.get("/v1/usage", summary="The caller's request counts and remaining quota")
@@ -81,10 +81,12 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     ) -> Usage:
         identities = _identities(caller, built.store)
         since = datetime.now(UTC) - timedelta(days=DAYS)
-        days = [
-            Day.model_validate(day, from_attributes=True)
-            for day in daily_usage(built.prediction_log_engine, identities, since)
-        ]
+        # The same database as the store: an outage is a 503 here too, not a 500.
+        with built.store.health.guard():
+            days = [
+                Day.model_validate(day, from_attributes=True)
+                for day in daily_usage(built.prediction_log_engine, identities, since)
+            ]
         return Usage(
             principal=caller.id,
             plan=caller.plan,
