@@ -37,9 +37,9 @@ class Timeouts:
     """How long a PostgreSQL engine waits, at most, for each thing it waits for."""
 
     connect_seconds: int = 2  # a new connection, handshake included (psycopg's minimum: 2)
-    statement_ms: int = 1000  # server-side statement_timeout
-    lock_ms: int = 1000  # server-side lock_timeout
-    round_trip_seconds: float = 1.5  # client-side: one exchange with the server
+    statement_ms: int = 800  # server-side statement_timeout
+    lock_ms: int = 500  # server-side lock_timeout
+    round_trip_seconds: float = 1.0  # client-side: one exchange with the server
     pool_seconds: float = 2.0  # a free connection of the pool
 
 

@@ -4,7 +4,7 @@ verifier, the OAuth rules, every other reader of the store, and ``/readyz``.
 Every session the store opens runs under :meth:`StoreHealth.guard`:
 
 * **up** (closed): calls go to the database. A call that fails because the database
-  cannot be reached (connection refused or lost, a timeout: :func:`is_outage`) marks
+  cannot be reached (connection refused or lost, a timeout: ``db.errors.is_unreachable``) marks
   the store down, logged once as an error, without a traceback.
 * **down** (open): calls fail at once with ``StoreUnavailable``, without touching the
   database, so an outage costs callers nothing and a hung server cannot collect
@@ -28,30 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
 from auth.errors import StoreUnavailable
+from db.errors import describe
+from db.errors import is_unreachable as is_outage
 
 logger = logging.getLogger("auth.store.health")
 
 DEFAULT_RETRY_SECONDS = 1.0
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached or did not answer in time
-    (as opposed to answering with an error)."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
-def describe(exc: BaseException) -> str:
-    """The driver's first line (never SQLAlchemy's text, which carries the statement
-    and its parameters), bounded."""
-    original = getattr(exc, "orig", None) or exc
-    first_line = (str(original).strip().splitlines() or [""])[0]
-    return f"{type(original).__name__}: {first_line[:200]}"
 
 
 class StoreHealth:
