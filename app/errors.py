@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from auth.errors import StoreUnavailable
+
 logger = logging.getLogger("app.errors")
 
 PROBLEM_JSON = "application/problem+json"
@@ -160,6 +162,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def store_unavailable_response(error: StoreUnavailable) -> JSONResponse:
+    """503 with ``Retry-After`` while the credential store cannot be reached: the request
+    needed it (a credential not verified recently, a key to list) and may be retried."""
+    return problem_response(
+        503,
+        "The credential store is unavailable; retry after the delay in Retry-After.",
+        slug="store-unavailable",
+        headers={"Retry-After": str(error.retry_after)},
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return store_unavailable_response(cast(StoreUnavailable, exc))
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(500, "The server could not answer this request.")
@@ -167,6 +184,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    # Answered here, not as a 500: no traceback, and the connection stays open.
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

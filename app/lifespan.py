@@ -6,6 +6,9 @@
   writer; ``close`` writes every queued row before it returns. So every answered
   prediction is in the database when the process exits cleanly.
 * The drift refresher: ``feature_drift_psi`` recomputed every DRIFT_REFRESH_SECONDS.
+* The store watcher: while the credential store is known down, one probe a second
+  (bounded by the engine's timeouts, in a thread), so requests never wait on a trial;
+  and the limiter's way back from its in-memory fallback, checked every second.
 * SIGHUP: reload the models in place (``app.reload``), in this process.
   Under gunicorn each worker has the handler (the master keeps its own meaning of
   SIGHUP, a graceful replacement of the workers; see ``app.reload``).
@@ -34,8 +37,10 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from app.limits import QuotaLimiter, limiter_shared_ok
 from app.reload import ModelReloader, ReloadFailed, publish_model_info
 from app.state import Services
+from auth.store import CredentialStore
 from auth.verifier import CredentialVerifier
 from auth.wiring import open_store
 from migrations import schema_preparer
@@ -64,6 +69,24 @@ async def _refresh_runtime_metrics_forever(built: Services) -> None:
     while True:
         await asyncio.sleep(RUNTIME_REFRESH_SECONDS)
         built.metrics.refresh_runtime()
+
+
+async def _watch_dependencies(store: CredentialStore, limiter: QuotaLimiter) -> None:
+    """Every second: probe the store while it is known down (the probe's success marks
+    it up again), and bring the limiter back from its fallback once Redis answers."""
+    health = store.health
+    health.watched = True  # requests no longer try the store while it is down
+    try:
+        while True:
+            await asyncio.sleep(health.retry_seconds)
+            try:
+                if not health.up:
+                    await asyncio.to_thread(store.ping)
+                await asyncio.to_thread(limiter_shared_ok, limiter)
+            except Exception:  # the watcher must outlive anything; try again next time
+                logger.exception("dependency watcher: check failed")
+    finally:
+        health.watched = False
 
 
 @contextlib.contextmanager
@@ -109,7 +132,11 @@ async def lifespan(built: Services, app: FastAPI) -> AsyncIterator[None]:
     # An empty database gets its schema; an outdated one is refused in production.
     with open_store(settings, schema_preparer(settings.is_production)) as store:
         verifier = CredentialVerifier(
-            store, built.signing_keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+            store,
+            built.signing_keys,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            outage_grace_seconds=settings.store_outage_grace_seconds,
         )
         built.start_identity(store, verifier)
 
@@ -117,19 +144,27 @@ async def lifespan(built: Services, app: FastAPI) -> AsyncIterator[None]:
             return all(version in built.models for version in MODEL_VERSIONS)
 
         async def database() -> bool:
+            if store.health.refusing():  # known down: the watcher probes, not /readyz
+                return False
             return await run_in_threadpool(store.ping)
 
         async def limiter_storage() -> bool:
             shared = await built.budget.quota.check()  # the guarded routes' counters
-            return shared and await run_in_threadpool(built.limiter.storage_ok)
+            return shared and await run_in_threadpool(limiter_shared_ok, built.limiter)
 
         built.readiness_checks.update(
             models=models_loaded, database=database, limiter=limiter_storage
         )
-        # Prediction log, drift gauges, SIGHUP reloads; on shutdown (after uvicorn
-        # has finished the in-flight requests) the prediction log is written out.
-        async with _running_operations(built):
-            yield
+        watcher = asyncio.create_task(_watch_dependencies(store, built.limiter))
+        try:
+            # Prediction log, drift gauges, SIGHUP reloads; on shutdown (after uvicorn
+            # has finished the in-flight requests) the prediction log is written out.
+            async with _running_operations(built):
+                yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 @asynccontextmanager

@@ -272,6 +272,33 @@ def half_limit(limit: str) -> str:
     return f"{max(1, (item.amount + 1) // 2)}/{item.multiples} {item.GRANULARITY.name}"
 
 
+_PROBE = parse("1/second")
+
+
+def limiter_shared_ok(limiter: QuotaLimiter) -> bool:
+    """Whether this process counts in the shared storage right now (``/readyz``).
+
+    False while the storage does not take a hit the way a request's hit is sent (the
+    same strategy and round trip, with a cost of 0, which writes nothing); True with
+    in-memory storage (REDIS_URL unset: nothing shared).
+    SlowAPI leaves its per-process fallback only when a limited request comes and its
+    back-off (1, 2, 4 ... 32 s) allows a check, so "Redis answers" and "this process
+    counts in Redis" could be seconds apart: when the probe succeeds on the fallback,
+    this switches the process back itself, so the two are one moment. The lifespan
+    calls it every second, so every worker is back within a second of Redis.
+    """
+    if isinstance(limiter._limiter.storage, MemoryStorage):
+        return True
+    try:
+        limiter._limiter.hit(_PROBE, KEY_PREFIX, "readiness", "probe", cost=0)
+    except Exception:
+        return False
+    if limiter._storage_dead:  # SlowAPI's fallback flag; it has no public switch
+        limiter._storage_dead = False
+        logger.warning("rate-limit storage answers again: counting in it from now on")
+    return True
+
+
 def _policy_name(item: RateLimitItem) -> str:
     return f"{item.amount}-per-{item.get_expiry()}s"
 

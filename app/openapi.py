@@ -106,7 +106,7 @@ _DESCRIPTIONS: dict[int, str] = {
     422: "A field is missing, of the wrong type or out of range; see `errors`.",
     429: "Rate limit exceeded; see Retry-After and RateLimit headers.",
     500: "Unexpected server error (no details are disclosed).",
-    503: "Not ready or overloaded; retry later.",
+    503: "Not ready, overloaded, or the credential store is unreachable; retry after Retry-After.",
 }
 # The response component of each problem status: components/responses/<name>.
 RESPONSE_NAMES: dict[int, str] = {

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
     password_grant_enabled: bool = False
     api_key_pepper: SecretStr | None = None
+    # While the credential store is unreachable, credentials verified at most this long
+    # (plus the 2 s refresh) ago keep working; 0 fails closed (SECURITY.md).
+    store_outage_grace_seconds: float = Field(default=60.0, ge=0, le=3600)
 
     rate_limit_predict: str = "120/minute"
     # Failed /token and /revoke attempts per client address (and, at half of it, per

@@ -47,3 +47,16 @@ class KeyLimitError(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the account already holds {limit} active API keys, the most allowed")
         self.limit = limit
+
+
+class StoreUnavailable(Exception):
+    """The credential store cannot be reached now (refused, lost, or too slow to answer).
+
+    Not a verdict on any credential: the caller should answer "try again" (503 with
+    ``Retry-After``, or OAuth's ``temporarily_unavailable``), never "invalid".
+    ``retry_after`` is in whole seconds, at least 1.
+    """
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__("the credential store is unavailable")
+        self.retry_after = max(1, retry_after)

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -38,7 +39,7 @@ from urllib.parse import unquote_plus
 
 from anyio import to_thread
 
-from auth.errors import PasswordCheckBusy
+from auth.errors import PasswordCheckBusy, StoreUnavailable
 from auth.jwt_keys import SigningKeys
 from auth.scopes import ALL_SCOPES, UnknownScopeError, format_scopes, parse_scopes
 from auth.store import ClientRecord, CredentialStore
@@ -104,6 +105,21 @@ class Budget(Protocol):
     async def spend_async(self, name: str) -> tuple[bool, dict[str, str]]:
         """Spend one unit of ``name``'s budget: whether there was room, and the quota
         headers to answer with (``Retry-After`` too when there was none)."""
+
+
+@contextmanager
+def _store_needed() -> Iterator[None]:
+    """RFC 6749 §5.2 ``temporarily_unavailable`` (503, ``Retry-After``) while the store
+    cannot be reached: no verdict on the credentials, which could not be checked."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise OAuthError(
+            "temporarily_unavailable",
+            "The credential store is unavailable; retry shortly.",
+            status=503,
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
 
 
 def _invalid_client(used_basic: bool) -> OAuthError:
@@ -236,7 +252,8 @@ class OAuthServer:
         address = f"ip:{ip or NO_ADDRESS}"
         await self._unless_throttled(self.failures, address)
         try:
-            return await attempt()
+            with _store_needed():
+                return await attempt()
         except OAuthError as error:
             if error.status not in (429, 503):  # not a failure of the caller's
                 await self.failures.failed_async(address)

@@ -9,6 +9,14 @@ user or account, is refused by every worker within
 cost per request is a JWT signature check plus dictionary lookups: the database
 is read at most once per ``refresh_seconds`` per worker for revocations, and once
 per subject or key per ``refresh_seconds``.
+
+When the store cannot be reached (``auth.store.health``), a cached answer older than
+``refresh_seconds`` still stands for at most ``outage_grace_seconds`` more (0: none,
+fail closed): credentials this worker verified shortly before keep working, with every
+revocation and refusal it had seen still enforced. Anything it cannot answer from
+those caches raises ``StoreUnavailable`` ("try again"), never ``CredentialRejected``.
+While the store is known down this is decided from the caches alone, at once, even
+with ``cached_only``: no thread, no database call.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from auth.errors import StoreUnavailable
 from auth.jwt_keys import SigningKeys
 from auth.principal import Principal, PrincipalKind
 from auth.store import CredentialStore
@@ -52,6 +61,16 @@ class CredentialRejected(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    principal: Principal
+    read_at: float  # monotonic
+    ends_at: float | None  # monotonic time of the key's own end (expiry, rotation grace)
+
+    def fresh(self, now: float, refresh_seconds: float) -> bool:
+        return now < self.read_at + refresh_seconds and (self.ends_at is None or now < self.ends_at)
+
+
 @dataclass
 class CredentialVerifier:
     store: CredentialStore
@@ -59,6 +78,7 @@ class CredentialVerifier:
     issuer: str
     audience: str
     refresh_seconds: float = 2.0
+    outage_grace_seconds: float = 60.0
     clock: Callable[[], float] = time.monotonic
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _revoked: dict[str, datetime] = field(default_factory=dict, init=False)
@@ -68,9 +88,7 @@ class CredentialVerifier:
     _subjects: dict[tuple[PrincipalKind, str], tuple[tuple[str, str] | None, float]] = field(
         default_factory=dict, init=False
     )
-    _api_keys: dict[bytes, tuple[Principal, float]] = field(  # (principal, valid until)
-        default_factory=dict, init=False
-    )
+    _api_keys: dict[bytes, _CachedKey] = field(default_factory=dict, init=False)
     _tokens: dict[bytes, AccessTokenClaims] = field(default_factory=dict, init=False)
     wall_clock: Callable[[], float] = time.time
 
@@ -127,23 +145,62 @@ class CredentialVerifier:
         digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()
         now = self.clock()
         cached = self._api_keys.get(digest)
-        if cached is not None and now < cached[1]:
-            return cached[0]
+        if cached is not None and cached.fresh(now, self.refresh_seconds):
+            return cached.principal
+        if self.store.health.refusing():
+            return self._key_in_outage(cached, now)
         if cached_only:
             raise StoreNeeded
-        record = self.store.api_keys.authenticate(api_key, ip=ip)
+        try:
+            record = self.store.api_keys.authenticate(api_key, ip=ip)
+        except StoreUnavailable:
+            return self._key_in_outage(cached, now)
         if record is None:
             self._api_keys.pop(digest, None)
             raise CredentialRejected("invalid_api_key")
         principal = record.principal()
         # Never trust the cache past the key's own end (expiry, or rotation grace).
-        ttl = self.refresh_seconds
+        ends_at = None
         if record.ends_at is not None:
-            ttl = min(ttl, (record.ends_at - datetime.now(UTC)).total_seconds())
+            ends_at = now + (record.ends_at - datetime.now(UTC)).total_seconds()
         if len(self._api_keys) >= _MAX_CACHED_KEYS:
             self._api_keys.clear()
-        self._api_keys[digest] = (principal, now + ttl)
+        self._api_keys[digest] = _CachedKey(principal, now, ends_at)
         return principal
+
+    def _key_in_outage(self, cached: _CachedKey | None, now: float) -> Principal:
+        """The key as last verified, within the grace; its own end still holds."""
+        if cached is not None and cached.ends_at is not None and now >= cached.ends_at:
+            raise CredentialRejected("expired")
+        if cached is None or not self._within_grace(cached.read_at, now):
+            raise StoreUnavailable(self.store.health.retry_after)
+        return cached.principal
+
+    def _within_grace(self, read_at: float | None, now: float) -> bool:
+        """Whether an answer read at ``read_at`` may still stand while the store is down."""
+        if read_at is None or self.outage_grace_seconds <= 0:
+            return False
+        return now - read_at < self.refresh_seconds + self.outage_grace_seconds
+
+    def _refresh_or_keep(
+        self, read_at: float | None, now: float, cached_only: bool, read: Callable[[], None]
+    ) -> None:
+        """Refresh a stale cached answer with ``read``, or, while the store cannot be
+        reached, keep it if it is within the grace. ``StoreNeeded`` when the store must
+        be read and ``cached_only``; ``StoreUnavailable`` when it cannot be."""
+        health = self.store.health
+        if not health.refusing():
+            if cached_only:
+                raise StoreNeeded
+            try:
+                read()
+                return
+            except StoreUnavailable:
+                if not self._within_grace(read_at, now):
+                    raise
+                return
+        if not self._within_grace(read_at, now):
+            raise StoreUnavailable(health.retry_after)
 
     def revoke_locally(self, jti: str, expires_at: datetime) -> None:
         """Refuse a token in this worker at once (the store tells the others)."""
@@ -152,10 +209,9 @@ class CredentialVerifier:
 
     def _is_revoked(self, jti: str, cached_only: bool) -> bool:
         now = self.clock()
-        if self._revoked_read_at is None or now - self._revoked_read_at >= self.refresh_seconds:
-            if cached_only:
-                raise StoreNeeded
-            self._refresh_revocations(now)
+        read_at = self._revoked_read_at
+        if read_at is None or now - read_at >= self.refresh_seconds:
+            self._refresh_or_keep(read_at, now, cached_only, lambda: self._refresh_revocations(now))
         return jti in self._revoked
 
     def _refresh_revocations(self, now: float) -> None:
@@ -184,11 +240,19 @@ class CredentialVerifier:
         cached = self._subjects.get((kind, subject))
         if cached is not None and now - cached[1] < self.refresh_seconds:
             return cached[0]
-        if cached_only:
-            raise StoreNeeded
-        record = self.store.subject_account(kind, subject)
-        account = (record.name, record.plan) if record is not None else None
-        if len(self._subjects) >= _MAX_CACHED_KEYS:
-            self._subjects.clear()
-        self._subjects[(kind, subject)] = (account, now)
-        return account
+
+        answer: list[tuple[str, str] | None] = []
+
+        def read() -> None:
+            record = self.store.subject_account(kind, subject)
+            account = (record.name, record.plan) if record is not None else None
+            if len(self._subjects) >= _MAX_CACHED_KEYS:
+                self._subjects.clear()
+            self._subjects[(kind, subject)] = (account, now)
+            answer.append(account)
+
+        self._refresh_or_keep(None if cached is None else cached[1], now, cached_only, read)
+        # Not read: the store is down and the cached answer stands (within the grace).
+        if answer:
+            return answer[0]
+        return cached[0] if cached is not None else None

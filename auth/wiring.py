@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from auth.jwt_keys import SigningKeys, load_signing_keys
 from auth.secrets import load_or_create_pepper
 from auth.store import CredentialStore
-from db.engine import make_engine
+from db.engine import Timeouts, make_engine
 
 
 class Secret(Protocol):
@@ -74,10 +74,21 @@ def open_store(
     settings: IdentitySettings, prepare: Callable[[Engine], None]
 ) -> Iterator[CredentialStore]:
     """The credential store, disposed on exit. ``prepare`` brings the schema where the
-    code needs it first (``migrations`` owns that, above auth, so it is handed in)."""
-    engine = make_engine(settings.database_url)
+    code needs it first (``migrations`` owns that, above auth, so it is handed in).
+
+    The store's engine bounds every wait for PostgreSQL (``db.engine.Timeouts``), so an
+    unreachable or hung database is a quick ``StoreUnavailable``; the migrations, which
+    may wait on locks and run long, get an unbounded engine of their own."""
+    engine = make_engine(settings.database_url, timeouts=Timeouts())
     try:
-        prepare(engine)
+        if engine.dialect.name == "sqlite":  # one connection may hold the whole database
+            prepare(engine)
+        else:
+            schema_engine = make_engine(settings.database_url)
+            try:
+                prepare(schema_engine)
+            finally:
+                schema_engine.dispose()
         yield CredentialStore(engine, pepper(settings))
     finally:
         engine.dispose()

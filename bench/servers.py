@@ -204,8 +204,8 @@ def factory(name: str, target: str, root: Path, env: Mapping[str, str], workers:
         "60",
     ]
     app_dir = Path(__file__).resolve().parent.parent / "app"
-    if (app_dir / "gunicorn_worker.py").exists():  # as `serve` runs it: no Server header
-        argv[argv.index("uvicorn_worker.UvicornWorker")] = "app.gunicorn_worker.Worker"
+    if (app_dir / "serving.py").exists():  # as `serve` runs it: draining, no Server header
+        argv[argv.index("uvicorn_worker.UvicornWorker")] = "app.serving.DrainingUvicornWorker"
     if (app_dir / "gunicorn_conf.py").exists():
         argv[2:2] = ["--config", "python:app.gunicorn_conf"]
     env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}

@@ -132,6 +132,9 @@ def serve(
             # SIGTERM: stop accepting, let in-flight requests finish (at most this long,
             # as gunicorn's --graceful-timeout), then the lifespan flushes the prediction log.
             timeout_graceful_shutdown=20,
+            # ...and answer a request already on its way on an idle keep-alive
+            # connection, with Connection: close, instead of resetting it (app.serving).
+            http="app.serving:DrainingHttpToolsProtocol",
         )
         return
     # Every worker writes its metrics here; /metrics merges them (prometheus-client's
@@ -145,7 +148,7 @@ def serve(
         gunicorn,
         "app.asgi:build()",
         "--worker-class",
-        "app.gunicorn_worker.Worker",  # uvicorn's, without a Server header
+        "app.serving.DrainingUvicornWorker",  # uvicorn's, draining, no Server header
         "--workers",
         str(workers),
         "--bind",

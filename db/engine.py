@@ -3,31 +3,77 @@
 SQLite (the embedded default) and PostgreSQL (production) behave the same from the
 stores' point of view: both enforce foreign keys, and both wait instead of failing
 when another process holds a lock. The schema itself is ``migrations``' business.
+
+``Timeouts`` bound every wait for PostgreSQL, for engines that serve requests (the
+credential store): connecting, a statement or a lock on the server, a pooled
+connection, and (client-side) each round trip, since a server that is hung rather than
+down (SIGSTOP, a frozen VM) accepts connections and bytes in its kernel but never
+answers, so only the client can give up. Without them, a read waits for as long as the
+server is hung.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.abc import PQGen
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+RV = TypeVar("RV")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a PostgreSQL engine waits, at most, for each thing it waits for."""
+
+    connect_seconds: int = 2  # a new connection, handshake included (psycopg's minimum: 2)
+    statement_ms: int = 800  # server-side statement_timeout
+    lock_ms: int = 500  # server-side lock_timeout
+    round_trip_seconds: float = 1.0  # client-side: one exchange with the server
+    pool_seconds: float = 2.0  # a free connection of the pool
 
 
 class UnsupportedDatabaseError(ValueError):
     """DATABASE_URL names a backend or driver we do not run on; a start-up error."""
 
 
-def make_engine(url: str, **options: Any) -> Engine:
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection that stops waiting for the server after ``round_trip_seconds``.
+
+    Every blocking exchange of a psycopg connection (a statement and its rows, commit,
+    rollback, SQLAlchemy's pre-ping) goes through ``wait``; past the deadline the
+    connection is closed, as its state is unknown, and ``OperationalError`` is raised:
+    SQLAlchemy sees a closed connection, treats it as a disconnect and drops it.
+    """
+
+    round_trip_seconds: float | None = None
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        bound = self.round_trip_seconds if timeout is None else timeout
+        try:
+            return super().wait(gen, interval, bound)
+        except pg_errors._WaitTimeout:
+            self.close()
+            raise psycopg.OperationalError(
+                f"no answer from the database within {bound}s; connection closed"
+            ) from None
+
+
+def make_engine(url: str, *, timeouts: Timeouts | None = None, **options: Any) -> Engine:
     """An Engine for a SQLite or PostgreSQL URL (``postgresql://`` is run with psycopg 3).
 
-    ``options`` go to ``create_engine`` as they are (e.g. ``json_serializer``).
+    ``timeouts`` bound PostgreSQL's waits (SQLite has its busy timeout); ``options`` go
+    to ``create_engine`` as they are (e.g. ``json_serializer``).
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -39,12 +85,32 @@ def make_engine(url: str, **options: Any) -> Engine:
                 f"DATABASE_URL driver {parsed.drivername!r} is not supported; "
                 "use postgresql+psycopg://"
             )
-        return create_engine(
-            parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, **options
-        )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        if timeouts is None:
+            return create_engine(parsed, pool_pre_ping=True, **options)
+        return _bounded_postgres_engine(parsed, timeouts, options)
     raise UnsupportedDatabaseError(
         f"DATABASE_URL backend {backend!r} is not supported; use sqlite:/// or postgresql+psycopg://"
     )
+
+
+def _bounded_postgres_engine(url: URL, timeouts: Timeouts, options: dict[str, Any]) -> Engine:
+    server_side = f"-c statement_timeout={timeouts.statement_ms} -c lock_timeout={timeouts.lock_ms}"
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=timeouts.pool_seconds,
+        connect_args={"connect_timeout": timeouts.connect_seconds, "options": server_side},
+        **options,
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> BoundedConnection:
+        connection = BoundedConnection.connect(*cargs, **cparams)
+        connection.round_trip_seconds = timeouts.round_trip_seconds
+        return connection
+
+    return engine
 
 
 def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:

@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 
 from db.engine import make_engine
+from db.errors import describe, is_unreachable
 from ml.features import FEATURES
 from monitoring.models import TABLE
 
@@ -299,6 +300,7 @@ class PredictionLogWriter:
         self._urgent = False
         self._closing = False
         self._last_drop_warning = 0.0
+        self._unreachable = False  # the last write failed for want of the database
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
     # -- the request side ----------------------------------------------------------
@@ -407,24 +409,43 @@ class PredictionLogWriter:
                 try:
                     with self._engine.begin() as connection:
                         connection.execute(insert(TABLE), chunk)
-                except Exception:
+                except Exception as exc:
                     if attempt == 2:
-                        logger.exception(
-                            "prediction log: insert failed twice", extra={"records": len(chunk)}
-                        )
+                        self._insert_failed(exc, len(chunk))
                         break
                     time.sleep(WRITE_RETRY_DELAY_S)
                 else:
                     written += sum(record["batch_size"] for record in chunk)
+                    if self._unreachable:
+                        self._unreachable = False
+                        logger.warning("prediction log: the database answers again")
                     break
         return written
+
+    def _insert_failed(self, exc: Exception, records: int) -> None:
+        """A traceback for an error; for an outage one event (no traceback, not one a
+        flush), since the rows it drops are counted (``write_error``) anyway."""
+        if not is_unreachable(exc):
+            logger.error(
+                "prediction log: insert failed twice", exc_info=exc, extra={"records": records}
+            )
+        elif not self._unreachable:
+            self._unreachable = True
+            logger.error(
+                "prediction log: database unreachable; predictions are dropped and counted "
+                "until it answers",
+                extra={"records": records, "error": describe(exc)},
+            )
 
     def _purge(self) -> None:
         cutoff = datetime.now(UTC) - self._retention
         try:
             purged = purge_older_than(self._engine, cutoff)
-        except Exception:
-            logger.exception("prediction log: purge failed")
+        except Exception as exc:
+            if is_unreachable(exc):  # tried again within the hour; no traceback
+                logger.warning("prediction log: purge skipped", extra={"error": describe(exc)})
+            else:
+                logger.exception("prediction log: purge failed")
             return
         if purged:
             logger.info("prediction log: purged old rows", extra={"rows": purged})

@@ -20,7 +20,7 @@ class ModelReloadRefused(ApiError):
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["operations"],
-        responses=problems(401, 403, 409, 429),
+        responses=problems(401, 403, 409, 429, 503),
     )
     quota = limiter.shared_limit(predict_limit(settings), scope="admin", key_func=caller_key)
 

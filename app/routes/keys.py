@@ -178,7 +178,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         prefix="/v1/keys",
         tags=["keys"],
         route_class=JsonRoute,  # UTF-8 JSON only
-        responses=problems(401, 403, 404, 422, 429),
+        responses=problems(401, 403, 404, 422, 429, 503),
     )
     max_lifetime = timedelta(days=settings.api_key_max_lifetime_days)
     plans = {DEFAULT_PLAN, *settings.rate_limit_plans}

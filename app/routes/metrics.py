@@ -17,7 +17,7 @@ router = APIRouter(tags=["operations"])
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
-        **problems(401, 403, 429),
+        **problems(401, 403, 429, 503),
     },
 )
 def metrics(_: MetricsReader, built: ServicesDep) -> Response:

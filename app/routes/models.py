@@ -33,7 +33,7 @@ def _info(model: LoadedModel) -> ModelInfo:
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["models"],
-        responses=problems(401, 403, 429),
+        responses=problems(401, 403, 429, 503),
     )
     quota = limiter.shared_limit(predict_limit(settings), scope="metadata", key_func=caller_key)
 

@@ -197,7 +197,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         response_class=Response,
         responses={
             200: {"description": "Revoked, or unknown (RFC 7009 §2.2)."},
-            **_oauth_errors(400, 401, 429),
+            **_oauth_errors(400, 401, 429, 503),
             **problems(408, 413),
         },
     )

@@ -76,14 +76,16 @@ async def _quota(caller: Principal, budget: PredictionBudget) -> Quota:
 def _days(built: Services, caller: Principal) -> list[Day]:
     identities = _identities(caller, built.store)
     since = datetime.now(UTC) - timedelta(days=DAYS)
-    return [
-        Day.model_validate(day, from_attributes=True)
-        for day in daily_usage(built.prediction_log_engine, identities, since)
-    ]
+    # The same database as the store: an outage is a 503 here too, not a 500.
+    with built.store.health.guard():
+        return [
+            Day.model_validate(day, from_attributes=True)
+            for day in daily_usage(built.prediction_log_engine, identities, since)
+        ]
 
 
 def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["keys"], responses=problems(401, 429))
+    router = APIRouter(tags=["keys"], responses=problems(401, 429, 503))
     quota = limiter.shared_limit(predict_limit(settings), scope="usage", key_func=caller_key)
 
     @router.get("/v1/usage", summary="The caller's request counts and remaining quota")

@@ -18,15 +18,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
 
+from auth.errors import StoreUnavailable
 from auth.passwords import PasswordHasher, default_hasher
 from auth.principal import PrincipalKind
 from auth.store.accounts import DEFAULT_PLAN, AccountRepository
 from auth.store.api_keys import DEFAULT_ROTATION_GRACE, LAST_USED_RESOLUTION, ApiKeyRepository
 from auth.store.audit import AuditLog
 from auth.store.clients import ClientRepository
-from auth.store.context import Repository, StoreContext
+from auth.store.context import GuardedSessions, Repository, StoreContext
+from auth.store.health import StoreHealth
 from auth.store.records import (
     MAX_JTI_LENGTH,
     MAX_LABEL_LENGTH,
@@ -72,6 +73,7 @@ __all__ = [
     "RevokedTokenRecord",
     "ScopesArg",
     "StoreContext",
+    "StoreHealth",
     "UserRecord",
     "UserRepository",
 ]
@@ -97,9 +99,11 @@ class CredentialStore:
         hasher: PasswordHasher | None = None,
         lockout: LockoutPolicy | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        health: StoreHealth | None = None,
     ) -> None:
+        self.health = health if health is not None else StoreHealth()
         context = StoreContext(  # refuses a short pepper before anything is built
-            sessions=make_session_factory(engine),
+            sessions=GuardedSessions(make_session_factory(engine), self.health),
             pepper=pepper,
             hasher=hasher if hasher is not None else default_hasher(),
             clock=clock,
@@ -113,11 +117,13 @@ class CredentialStore:
         self.revocations = RevocationRepository(context, self.audit)
 
     def ping(self) -> bool:
-        """Whether the database answers (for ``/readyz``)."""
+        """Whether the database answers now (``/readyz``, and the watcher that probes
+        while the store is known down: it tries even then, and its answer is the one
+        that marks the store up again)."""
         try:
-            with self._context.sessions() as session:
+            with self.health.guard(probe=True), self._context.sessions.factory() as session:
                 session.execute(text("SELECT 1"))
-        except SQLAlchemyError:
+        except StoreUnavailable:
             return False
         return True
 

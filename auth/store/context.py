@@ -3,11 +3,16 @@
 One ``StoreContext`` is built by ``CredentialStore`` and handed to each repository, so
 they all use the same sessions, pepper, password hasher and clock: nothing is global,
 and a test that fixes the clock or the hasher fixes it for every aggregate at once.
+
+The sessions run under the store's health (``auth.store.health``): an unreachable
+database raises ``StoreUnavailable`` from any repository, and while it is known down
+no session even tries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,16 +23,35 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth.models import Client, User
 from auth.passwords import PasswordHasher
 from auth.secrets import MIN_PEPPER_BYTES
+from auth.store.health import StoreHealth
 
 if TYPE_CHECKING:
     from auth.store.audit import AuditLog
+
+
+class GuardedSessions:
+    """A ``sessionmaker`` whose every session and transaction runs under ``health``."""
+
+    def __init__(self, factory: sessionmaker[Session], health: StoreHealth) -> None:
+        self.factory = factory
+        self.health = health
+
+    @contextmanager
+    def __call__(self) -> Iterator[Session]:
+        with self.health.guard(), self.factory() as session:
+            yield session
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        with self.health.guard(), self.factory.begin() as session:
+            yield session
 
 
 @dataclass(frozen=True, slots=True)
 class StoreContext:
     """``pepper`` is the HMAC key from ``auth.secrets.load_or_create_pepper``."""
 
-    sessions: sessionmaker[Session]
+    sessions: GuardedSessions
     pepper: bytes
     hasher: PasswordHasher
     clock: Callable[[], datetime]

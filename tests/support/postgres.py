@@ -4,6 +4,10 @@
 temp directory on 127.0.0.1 and a free port, as the ``postgres`` user when we are root
 (PostgreSQL refuses to run as root). Trust authentication is fine: the cluster only
 listens on loopback and lives as long as the test session.
+
+The fault suite plays outages on a server of its own: ``stop()`` (a fast shutdown) and
+``start()`` again on the same port and data, ``pause()`` and ``resume()`` (SIGSTOP and
+SIGCONT to the postmaster and every backend: connections stay open, nothing answers).
 """
 
 from __future__ import annotations
@@ -56,10 +60,58 @@ def find_binaries() -> tuple[Path, Path]:
 class PostgresServer:
     """One running cluster; ``url(dbname)`` gives SQLAlchemy URLs into it."""
 
-    def __init__(self, root: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        port: int,
+        process: subprocess.Popen[bytes],
+        command: list[str] | None = None,
+    ) -> None:
         self.root = root
         self.port = port
         self.process = process
+        self.command = command or []
+        self._paused: list[int] = []
+
+    def processes(self) -> list[int]:
+        """The postmaster and every process it forked (backends, background workers)."""
+        postmaster = _postmaster_pid(self.root / "data")
+        if postmaster is None:
+            return []
+        found = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    found.append(int(stat.parent.name))
+        return found
+
+    def pause(self) -> None:
+        """SIGSTOP every process of the server: it keeps its sockets and answers nothing."""
+        self._paused = self.processes()
+        for pid in self._paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        # runuser (our child when we are root) stops itself when its child stops, as su
+        # does for job control, and is not woken by the child's SIGCONT: wake it too.
+        for pid in [*self._paused, self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._paused = []
+
+    def stop(self) -> None:
+        """A fast shutdown, as ``pg_ctl stop -m fast``: connections are closed."""
+        self.resume()
+        _stop(self)
+
+    def start(self) -> None:
+        """Start again, on the same port and data directory, after ``stop()``."""
+        if self.process.poll() is None:
+            return
+        with (self.root / "postgres.log").open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        _wait_ready(self)
 
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -163,13 +215,10 @@ def _start(prefix: list[str], postgres: Path, root: Path) -> PostgresServer:
     options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
     for _attempt in range(3):  # another process may take the port between probe and bind
         port = free_port()
+        command = [*prefix, str(postgres), "-D", str(root / "data"), "-p", str(port), *options]
         with (root / "postgres.log").open("wb") as log:
-            process = subprocess.Popen(
-                [*prefix, str(postgres), "-D", str(root / "data"), "-p", str(port), *options],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server = PostgresServer(root, port, process)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        server = PostgresServer(root, port, process, command)
         try:
             _wait_ready(server)
         except PostgresUnavailable:
@@ -195,6 +244,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         try:
             yield server
         finally:
+            server.resume()
             _stop(server)
     finally:
         shutil.rmtree(root, ignore_errors=True)

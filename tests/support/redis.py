@@ -3,7 +3,8 @@
 ``redis-server`` from the Debian package (``make system-deps``) runs in the foreground
 on 127.0.0.1 and a free port, configured entirely on its command line (no persistence,
 its working directory a temp dir). ``stop()`` and ``start()`` let a test take it down
-in the middle of a run and bring it back on the same port, as an outage would.
+in the middle of a run and bring it back on the same port, as an outage would;
+``pause()`` and ``resume()`` hang it (SIGSTOP/SIGCONT: connections open, no answers).
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ def find_binary() -> Path:
 class RedisServer:
     """One ``redis-server`` process; ``url(db)`` gives ``redis://`` URLs into it."""
 
-    def __init__(self, binary: Path, root: Path, port: int) -> None:
+    def __init__(
+        self, binary: Path, root: Path, port: int, extra_args: list[str] | None = None
+    ) -> None:
         self.binary = binary
         self.root = root
         self.port = port
+        self.extra_args = extra_args or []  # e.g. cluster mode (tests/support/redis_cluster.py)
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -146,6 +150,7 @@ class RedisServer:
             str(self.root),
             "--daemonize",
             "no",
+            *self.extra_args,
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -158,11 +163,23 @@ class RedisServer:
                 raise RedisUnavailable(f"redis-server not ready after {START_TIMEOUT_S}s")
             time.sleep(0.05)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets (the kernel still accepts) and answers
+        nothing, as a hung process or a frozen VM."""
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM by PID, wait, SIGKILL if it lingers. The port is free afterwards."""
         process = self.process
         if process is None:
             return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGTERM)
