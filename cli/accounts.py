@@ -6,13 +6,12 @@ stops every credential of it, on every worker, within seconds.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from auth.store import DEFAULT_PLAN, AccountRecord
-from cli.credentials import ACTOR, JsonOpt, _emit, _fail, _store, _when
+from cli.credentials import ACTOR, JsonOpt, _emit, _fail, _store, _when, listing
 
 accounts = typer.Typer(
     help="Accounts: the customers credentials belong to (plan, disable).", no_args_is_help=True
@@ -50,15 +49,15 @@ def list_accounts(as_json: JsonOpt = False) -> None:
             {**_values(account), "active_keys": store.api_keys.active_count(account.name)}
             for account in store.accounts.list()
         ]
-    if as_json:
-        typer.echo(json.dumps({"accounts": rows}))
-        return
-    for row in rows:
-        state = "disabled" if row["disabled"] else "active"
-        typer.echo(
+    listing(
+        as_json,
+        "accounts",
+        rows,
+        lambda row: (
             f"{row['name']}  plan={row['plan']}  keys={row['active_keys']}  "
-            f"created={row['created_at']}  {state}"
-        )
+            f"created={row['created_at']}  {'disabled' if row['disabled'] else 'active'}"
+        ),
+    )
 
 
 @accounts.command("disable")

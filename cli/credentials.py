@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -98,6 +98,17 @@ def _emit(as_json: bool, values: dict[str, Any], warning: str | None = None) -> 
         typer.echo(warning, err=True)
 
 
+def listing(
+    as_json: bool, name: str, rows: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]
+) -> None:
+    """A list command's answer: one JSON object ``{name: rows}``, or one line per row."""
+    if as_json:
+        typer.echo(json.dumps({name: rows}))
+        return
+    for row in rows:
+        typer.echo(line(row))
+
+
 def _when(value: datetime | None) -> str:
     return _iso(value) or "-"
 
@@ -153,14 +164,15 @@ def list_clients(as_json: JsonOpt = False) -> None:
         }
         for c in found
     ]
-    if as_json:
-        typer.echo(json.dumps({"clients": rows}))
-        return
-    for r in rows:
-        typer.echo(
+    listing(
+        as_json,
+        "clients",
+        rows,
+        lambda r: (
             f"{r['client_id']}  {r['name'] or '-'}  account={r['account']}  {r['scopes']}  "
             f"plan={r['plan']}  {r['status']}"
-        )
+        ),
+    )
 
 
 @clients.command("disable")
@@ -214,14 +226,15 @@ def list_users(as_json: JsonOpt = False) -> None:
         }
         for u in found
     ]
-    if as_json:
-        typer.echo(json.dumps({"users": rows}))
-        return
-    for r in rows:
-        typer.echo(
+    listing(
+        as_json,
+        "users",
+        rows,
+        lambda r: (
             f"{r['username']}  account={r['account']}  {r['scopes']}  plan={r['plan']}  "
             f"{r['status']}"
-        )
+        ),
+    )
 
 
 @users.command("disable")
@@ -312,15 +325,16 @@ def list_keys(
         }
         for k in found
     ]
-    if as_json:
-        typer.echo(json.dumps({"keys": rows}))
-        return
-    for r in rows:
-        typer.echo(
+    listing(
+        as_json,
+        "keys",
+        rows,
+        lambda r: (
             f"{r['key_id']}  account={r['account']}  {r['scopes']}  plan={r['plan']}  "
             f"created={r['created_at'] or '-'}  expires={r['expires_at'] or '-'}  "
             f"last_used={r['last_used_at'] or '-'}  {r['status']}"
-        )
+        ),
+    )
 
 
 @keys.command("revoke")
