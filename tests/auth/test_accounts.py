@@ -5,6 +5,8 @@ subjects, minting bounds)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,7 +22,7 @@ from auth.minting import MintRefused, new_key_terms, rotated_key_terms
 from auth.principal import Principal
 from auth.quota import QuotaSubject, quota_subjects
 from auth.store import CredentialStore
-from auth.tokens import issue_access_token
+from auth.tokens import InvalidTokenError, decode_access_token, issue_access_token
 from auth.verifier import CredentialRejected, CredentialVerifier
 from db.engine import make_engine
 from migrations import alembic_config, upgrade_schema
@@ -170,6 +172,38 @@ def test_the_verifier_refuses_a_disabled_account_and_a_token_naming_another(
     now[0] += verifier.refresh_seconds
     with pytest.raises(CredentialRejected, match="subject_disabled"):
         verifier.verify_bearer(token("Acme"))
+
+
+@pytest.mark.parametrize("value", [42, "", ["Acme"], None, {"name": "Acme"}])
+def test_an_acct_claim_of_the_wrong_type_is_refused(value: object) -> None:
+    keys = signing_keys_from_secret(b"k" * 48)
+    issued = issue_access_token(
+        keys,
+        subject="cl_x",
+        client_id="cl_x",
+        scopes=frozenset({"predict"}),
+        kind="client",
+        plan="default",
+        issuer="housing-api",
+        audience="housing-api",
+        ttl_seconds=600,
+        account="Acme",
+    )
+    assert (
+        decode_access_token(
+            keys, issued.token, issuer="housing-api", audience="housing-api"
+        ).account
+        == "Acme"
+    )
+    header, payload, _ = issued.token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["acct"] = value
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    signing_input = f"{header}.{body}"
+    signature = base64.urlsafe_b64encode(keys.signer().sign(signing_input.encode()))
+    forged = f"{signing_input}.{signature.rstrip(b'=').decode()}"
+    with pytest.raises(InvalidTokenError, match="invalid_claim"):
+        decode_access_token(keys, forged, issuer="housing-api", audience="housing-api")
 
 
 # --- the key cap ----------------------------------------------------------------------
