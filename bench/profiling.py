@@ -251,11 +251,22 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server", ("uvicorn/", "uvloop/", "httptools/", "h11/", "gunicorn/", "uvicorn_worker/")),
 )
 PART_NAMES = (*(name for name, _ in PARTS), "event loop and other")
+# Functions of the prediction route that are not the model: its body parser (FastAPI's
+# documented hook) and what it hands the log and the metrics.
+FUNCTION_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("app/routes/predict.py", "_OrjsonRequest.", "FastAPI"),
+    ("app/routes/predict.py", "_OrjsonRoute.", "FastAPI"),
+    ("app/routes/predict.py", "_record", "log and metrics"),
+    ("app/routes/predict.py", "_note", "log and metrics"),
+)
 
 
-def part_of_file(file: str) -> str | None:
-    """The part a frame of ``file`` serves, None for a generic one."""
+def part_of_file(file: str, func: str = "") -> str | None:
+    """The part a frame of ``func`` in ``file`` serves, None for a generic one."""
     path = short_path(file)
+    for where, prefix, name in FUNCTION_PARTS:
+        if path == where and func.startswith(prefix):
+            return name
     for name, prefixes in PARTS:
         if path.startswith(prefixes):
             return name
@@ -266,8 +277,8 @@ def part_of(frames: list[str]) -> str:
     """The part of the request a sample's stack serves (leaf first, generic frames passed
     over); a stack of generic frames only is the event loop's own (or another thread's)."""
     for frame in reversed(frames):
-        _func, file, _line = parse_frame(frame)
-        found = part_of_file(file) if file else None
+        func, file, _line = parse_frame(frame)
+        found = part_of_file(file, func) if file else None
         if found is not None:
             return found
     return "event loop and other"

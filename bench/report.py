@@ -604,8 +604,9 @@ def _parts_section(results: Mapping[str, Any]) -> list[str]:
         "(`bench.profiling.PARTS`: `app/guard.py` is the guard; `app/security.py`, `auth/` "
         "and the JWT library auth; `app/quota.py`, `app/limits.py`, `limits`, `slowapi` and "
         "the Redis client the quota; `app/request_context.py`, `monitoring/`, `logging` and "
-        "`prometheus_client` the log and metrics; the route's `app/routes/predict.py`, `ml/` "
-        "and NumPy the model; FastAPI, Starlette, pydantic and the rest of `app/` FastAPI; "
+        "`prometheus_client` the log and metrics; the route's `app/routes/predict.py` (but "
+        "its orjson body parser, FastAPI's, and its hand-off to the log), `ml/` and NumPy "
+        "the model; FastAPI, Starlette, pydantic and the rest of `app/` FastAPI; "
         "uvicorn and httptools the server; what is left is asyncio's and uvloop's own work "
         "and threads' plumbing), times the server's CPU per request in the same window "
         "(/proc). Profiled separately from the measured runs, at concurrency "
@@ -621,6 +622,53 @@ def _parts_section(results: Mapping[str, Any]) -> list[str]:
     totals = [_fmt(sum(parts.values())) for _, _, parts in shown]
     lines.append("| **total** | " + " | ".join(f"**{t}**" for t in totals) + " |")
     return lines
+
+
+def _layers_section(results: Mapping[str, Any]) -> list[str]:
+    found = results.get("layers")
+    if not found:
+        return []
+    if "error" in found:
+        return ["", "The in-process layer measurement failed:", "", "```", found["error"], "```"]
+    cpu = found["cpu_us_per_request"]
+    lines = [
+        "",
+        "### In process, without HTTP: each layer of a guarded request",
+        "",
+        "From `bench/layers.py`: each app driven through ASGI directly, one request at a "
+        "time on uvloop, no server, no sockets, no load generator; process CPU per request "
+        "(every thread, the log's queue drained), the median of "
+        f"{found['repeats']} samples of {found['requests_per_sample']} requests, the cases "
+        "in a rotated order. The guarded app is entered at each layer of its middleware "
+        "chain in turn (" + " → ".join(f"`{c}`" for c in found.get("chain", [])) + "), "
+        "so each layer's cost is a paired difference. What uvicorn and the sockets add over "
+        "HTTP is the same for every app and is not here.",
+        "",
+        "| case | CPU µs per request |",
+        "| --- | ---: |",
+    ]
+    for name, value in cpu.items():
+        lines.append(f"| {name} | {_fmt(value)} |")
+    lines += ["", "| layer of (c) | µs per request |", "| --- | ---: |"]
+    for name, value in found.get("layers_us", {}).items():
+        lines.append(f"| {name} | {_fmt(value)} |")
+    return lines
+
+
+def _layers_sentence(results: Mapping[str, Any], top: str, bottom: str) -> str:
+    found = results.get("layers") or {}
+    cpu = found.get("cpu_us_per_request")
+    if not cpu or top not in cpu or bottom not in cpu:
+        return ""
+    text = (
+        f" In process, without HTTP (`bench/layers.py`): ({top}) {cpu[top]:,.0f} µs, "
+        f"({bottom}) {cpu[bottom]:,.0f} µs"
+    )
+    if top in ("c", "d") and found.get("layers_us"):
+        text += "; the layers of (c): " + ", ".join(
+            f"{name} {value:,.0f} µs" for name, value in found["layers_us"].items()
+        )
+    return text + "."
 
 
 def _cpu_of(phase: Mapping[str, Any], key: str, concurrency: int) -> float | None:
@@ -681,7 +729,9 @@ def why_missed(results: Mapping[str, Any], summary: Mapping[str, Any]) -> list[s
             per_cpu = aim.get("per_cpu")
             if per_cpu is not None and per_cpu == per_cpu:
                 text += f" In requests per CPU-second the ratio is {per_cpu:.2f}."
-            lines.append(text + _deltas(results, top, bottom))
+            lines.append(
+                text + _deltas(results, top, bottom) + _layers_sentence(results, top, bottom)
+            )
         elif aim["metric"] == "p99_ms" and bottom is not None:
             t_row, b_row = _row_of(phase, top, c), _row_of(phase, bottom, c)
             t_cpu = t_row.get("cpu_us_per_request", 0.0)
@@ -842,6 +892,7 @@ def write_docs(results: dict[str, Any], source: Path, docs: Path) -> None:
     if missed:
         lines += ["Each missed aim (one worker):", "", *missed, ""]
     lines += _parts_section(results)
+    lines += _layers_section(results)
     lines += [
         "",
         f"## CPU per request, per scenario (concurrency {HEADLINE_CONCURRENCY})",

@@ -557,6 +557,23 @@ def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> lis
     return out
 
 
+def layers(env: Mapping[str, str], work: Path, *, quick: bool) -> dict[str, Any]:
+    """``bench.layers`` in a process of its own (the app's JSON log to a file)."""
+    argv = [sys.executable, "-m", "bench.layers", "--model-dir", env["MODEL_DIR"]]
+    if quick:
+        argv += ["--requests", "100", "--repeats", "3"]
+    errors = work / "layers.stderr.log"
+    with errors.open("wb") as sink:
+        done = subprocess.run(
+            argv, cwd=work, env=dict(env), stdout=subprocess.PIPE, stderr=sink, timeout=600
+        )
+    if done.returncode != 0:
+        tail = errors.read_text(errors="replace")[-3000:]
+        return {"error": f"bench.layers exited {done.returncode}: {tail}"}
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 # --- Redis -------------------------------------------------------------------------
 
 
@@ -1187,6 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
         log("in-process LoadedModel.predict, and what each part of a request costs alone")
         results["in_process"] = in_process(Path(env["MODEL_DIR"]), bodies, max(5, args.repeats))
         results["components"] = components.measure(Path(env["MODEL_DIR"]), redis.port)
+        log("each layer of a guarded request, in process (bench.layers)")
+        results["layers"] = layers(env, work, quick=args.quick)
         results["profiles"] = {}
         for server, targets in PROFILES.items():
             log(f"profiling {server}: {', '.join(t.name for t in targets)} under py-spy")

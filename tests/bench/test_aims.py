@@ -204,3 +204,11 @@ def test_wrk_declares_the_length_asked_for_and_counts_statuses(tmp_path: Path) -
     sent = [h for h in server.heads if h]
     assert sent
     assert all(b"Content-Length: 1048577" in h for h in sent)
+
+
+def test_the_route_body_parser_and_log_hand_off_are_not_the_model() -> None:
+    route = f"{SNAPSHOT}/app/routes/predict.py"
+    loop = f"Runner.run ({STDLIB}/asyncio/runners.py:118)"
+    assert profiling.part_of([loop, f"_OrjsonRequest.json ({route}:60)"]) == "FastAPI"
+    assert profiling.part_of([loop, f"_record ({route}:101)"]) == "log and metrics"
+    assert profiling.part_of([loop, f"_single ({route}:130)"]) == "model"
