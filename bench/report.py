@@ -696,6 +696,21 @@ def _deltas(results: Mapping[str, Any], top: str, bottom: str, count: int = 4) -
     return f" By part (profiles of ({top}) and ({bottom}), µs per request): {text}."
 
 
+# What the figures cannot show by themselves, per scenario.
+NOTES = {
+    "s413": " The guard answers a declared oversize body without reading it, so it must "
+    "close the connection (`Connection: close`: where the next request would start is "
+    "unknown); every refused request therefore costs a TCP connection set up and torn "
+    "down on both sides (wrk reconnects), which a bare 200 over keep-alive does not pay.",
+    "f401": " A forged token is a well-formed JWT under a known key: its signature is "
+    "checked in full (an HMAC-SHA256 through python-jose) on every request, never cached, "
+    "and each failure is counted in the failed-authentication throttle's moving window "
+    "and in the metrics.",
+    "q429": " An over-quota caller is authenticated (from the verifier's cache), charged "
+    "(refused), and answered with the RateLimit fields and Retry-After.",
+}
+
+
 def why_missed(results: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
     """One paragraph per missed aim (one worker): where its time goes."""
     phase = summary["phases"].get("1")
@@ -730,7 +745,10 @@ def why_missed(results: Mapping[str, Any], summary: Mapping[str, Any]) -> list[s
             if per_cpu is not None and per_cpu == per_cpu:
                 text += f" In requests per CPU-second the ratio is {per_cpu:.2f}."
             lines.append(
-                text + _deltas(results, top, bottom) + _layers_sentence(results, top, bottom)
+                text
+                + NOTES.get(top, "")
+                + _deltas(results, top, bottom)
+                + _layers_sentence(results, top, bottom)
             )
         elif aim["metric"] == "p99_ms" and bottom is not None:
             t_row, b_row = _row_of(phase, top, c), _row_of(phase, bottom, c)
@@ -745,17 +763,32 @@ def why_missed(results: Mapping[str, Any], summary: Mapping[str, Any]) -> list[s
                 f"({bottom}): the tail follows the CPU per request." + _deltas(results, top, bottom)
             )
         elif aim["metric"] == "redis_cpu":
-            redis = phase.get("redis") or {}
-            stats = redis.get("commandstats_delta", {})
-            calls = ", ".join(
-                f"{name} {s['usec'] / max(1, s['calls']):.1f} µs a call"
-                for name, s in sorted(stats.items())
-            )
-            lines.append(
-                f"{head} Redis's own accounting of its commands (MONITOR window): {calls}; the "
-                "rest of its CPU is reading, parsing and answering each request's command "
-                "(its event loop, outside commandstats)."
-            )
+            runs = [
+                r
+                for r in _phases_by_workers(results).get("1", {}).get("runs", [])
+                if r["scenario"] == top and r["concurrency"] == c
+            ]
+            names = sorted({k for r in runs for k in r.get("redis_command_us_per_request", {})})
+            spent = {
+                name: _median(
+                    r.get("redis_command_us_per_request", {}).get(name, 0.0) for r in runs
+                )
+                for name in names
+            }
+            inside = ", ".join(f"{name} {value:.1f} µs" for name, value in spent.items())
+            total = aim["value"]
+            scripts = spent.get("evalsha", 0.0) + spent.get("eval", 0.0)
+            text = f"{head} Redis's CPU is `INFO cpu` over the runs of ({top}) at c={c}."
+            if spent:
+                text += (
+                    f" Of its {total:.1f} µs a request, its commands account for "
+                    f"{scripts:.1f} µs (commandstats per request: {inside}; a script's GET and "
+                    "INCRBY are counted both on their own and within its EVALSHA); the other "
+                    f"{total - scripts:.1f} µs are Redis reading, parsing and answering the "
+                    "request over its socket (its event loop and system calls, on a machine "
+                    "whose two cores are busy with the server and wrk)."
+                )
+            lines.append(text)
         elif aim["metric"] == "round_trips":
             redis = phase.get("redis") or {}
             lines.append(

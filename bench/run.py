@@ -680,30 +680,38 @@ class RedisMeter:
 
         self.conn = redis_client.Redis(host=HOST, port=port, socket_timeout=10)
 
-    def read(self) -> tuple[float, dict[str, int]]:
+    def read(self) -> tuple[float, dict[str, tuple[int, int]]]:
+        """Redis's CPU seconds so far, and (calls, µs) of each command."""
         cpu = self.conn.info("cpu")
         stats = self.conn.info("commandstats")
-        calls = {
-            name.removeprefix("cmdstat_"): int(values["calls"]) for name, values in stats.items()
+        commands = {
+            name.removeprefix("cmdstat_"): (int(values["calls"]), int(values["usec"]))
+            for name, values in stats.items()
         }
-        return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), calls
+        return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), commands
 
     @staticmethod
     def per_request(
-        before: tuple[float, dict[str, int]], after: tuple[float, dict[str, int]], requests: int
+        before: tuple[float, dict[str, tuple[int, int]]],
+        after: tuple[float, dict[str, tuple[int, int]]],
+        requests: int,
     ) -> dict[str, Any]:
         n = max(1, requests)
-        calls = {
-            name: (count - before[1].get(name, 0)) / n
-            for name, count in after[1].items()
-            # The meter's own INFO (two a run), nothing the app sends.
-            if count > before[1].get(name, 0) and name != "info"
-        }
+        calls: dict[str, float] = {}
+        usec: dict[str, float] = {}
+        for name, (count, spent) in after[1].items():
+            count0, spent0 = before[1].get(name, (0, 0))
+            # The meter's own INFO (two a run) is nothing the app sends.
+            if count > count0 and name != "info":
+                calls[name] = (count - count0) / n
+                usec[name] = (spent - spent0) / n
         return {
             "redis_cpu_s": after[0] - before[0],
             "redis_cpu_us_per_request": (after[0] - before[0]) / n * 1e6,
-            # Every command Redis ran, scripts' commands included (MONITOR tells them apart).
+            # Every command Redis ran, scripts' commands included (MONITOR tells them apart),
+            # and the µs Redis accounts to each (commandstats), per request.
             "redis_calls_per_request": calls,
+            "redis_command_us_per_request": usec,
             "redis_scripts_per_request": calls.get("evalsha", 0.0) + calls.get("eval", 0.0),
         }
 
