@@ -448,9 +448,12 @@ def post(url: str, body: bytes, header: tuple[str, str]) -> httpx.Response:
 
 
 def exhaust(url: str, body: Path, header: tuple[str, str], in_a_row: int = 12) -> int:
-    """Spend the over-quota caller's plan on every worker: requests until ``in_a_row``
-    answers in a row are 429 (each worker counts on its own when the quota is in
-    memory). Before every run of that scenario, in case a window ended meanwhile."""
+    """Spend the over-quota caller's plan on every worker: a second of wrk at 32
+    connections (the workers of a server each accept some of them, and each counts on
+    its own when the quota is in memory), then requests on new connections until
+    ``in_a_row`` answers in a row are 429. Before every run of that scenario, in case
+    a window ended meanwhile. Returns the requests sent after the burst."""
+    wrk(url, body, header, 32, 1, expect=429)  # answers not checked: it only spends
     raw = body.read_bytes()
     sent = streak = 0
     while streak < in_a_row:
