@@ -4,10 +4,9 @@ Run: ``python -m bench.components --model-dir DIR [--redis-port P]`` (``bench.ru
 calls :func:`measure` with its models and its redis-server). Each figure is the median
 over repeats of the mean µs per call, one thread, nothing else running. These are the
 evidence behind the levers in docs/benchmarks.md: the threadpool hop FastAPI makes for
-every plain ``def`` dependency and endpoint, the JWT check, the model, the limiter's
-storage operations (in memory and in Redis, with a short and a long moving window),
-and body validation. A part that fails to measure (the app moved on) is reported as an
-error instead of stopping the run.
+every plain ``def`` dependency and endpoint, the JWT check, the model, the quota's hit
+(in memory and in Redis) and its RateLimit fields, and body validation. A part that
+fails to measure (the app moved on) is reported as an error instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -123,39 +122,45 @@ def _model(model_dir: Path, repeats: int) -> dict[str, Any]:
     return out
 
 
-def _limiter(repeats: int, redis_port: int | None) -> dict[str, Any]:
-    """Per guarded request the limiter does: test the caller IP's failed-auth window,
-    hit the caller's window, read its stats for the quota headers (moving window)."""
-    from limits import parse
-    from limits.storage import MemoryStorage, RedisStorage, Storage
-    from limits.strategies import MovingWindowRateLimiter
+def _quota(repeats: int, redis_port: int | None) -> dict[str, Any]:
+    """What the guard does for the quota on each request: one hit (in memory, or one
+    EVALSHA in Redis awaited on uvloop), the RateLimit fields of the answer, and the
+    failed-authentication throttle's check of a caller address known to be clear."""
+    import uvloop
 
-    out: dict[str, Any] = {}
-    stores: dict[str, Callable[[], Storage]] = {"memory": MemoryStorage}
+    from app.limits import FailureThrottle, build_limiter
+    from app.quota import MemoryQuota, Quota, parse_limit
+    from app.settings import Settings
+
+    item = parse_limit("100000000/minute")
+    counters = [("predict:bench", item)]  # one account, no cap of its own
+    memory = MemoryQuota()
+    answer = memory.hit(counters, 1, time.time())
+    out: dict[str, Any] = {
+        "memory_hit_us": per_call_us(lambda: memory.hit(counters, 1, time.time()), repeats),
+        "headers_us": per_call_us(answer.headers, repeats),
+    }
+    throttle = FailureThrottle(build_limiter(Settings()), "30/minute", "auth-fail")
+    throttle.refusal("127.0.0.1")  # read once: known clear for a second
+    out["throttle_clear_us"] = per_call_us(lambda: throttle.refusal("127.0.0.1"), repeats)
     if redis_port is not None:
-        stores["redis"] = lambda: RedisStorage(f"redis://127.0.0.1:{redis_port}/15")
-    auth_fail = parse("30/minute")
-    for store_name, make in stores.items():
-        for label, limit, prefill in (
-            ("short_window", "600/minute", 300),
-            ("long_window", "100000000/minute", 20000),
-        ):
-            storage = make()
-            storage.reset()
-            limiter = MovingWindowRateLimiter(storage)
-            item = parse(limit)
-            for _ in range(prefill):
-                limiter.hit(item, "bench", store_name, label)
+        quota = Quota(f"redis://127.0.0.1:{redis_port}/15")
 
-            def request(
-                limiter: Any = limiter, item: Any = item, ids: tuple[str, ...] = ("bench", label)
-            ) -> None:
-                limiter.test(auth_fail, "auth-fail", "127.0.0.1")
-                limiter.hit(item, *ids)
-                limiter.get_window_stats(item, *ids)
+        async def hits(n: int) -> float:
+            await quota.hit(counters)  # connect, load the script
+            start = time.perf_counter()
+            for _ in range(n):
+                await quota.hit(counters)
+            return (time.perf_counter() - start) / n * 1e6
 
-            out[f"{store_name}_{label}_us"] = per_call_us(request, repeats, budget_s=0.1)
-            storage.reset()
+        async def measure() -> list[float]:
+            try:
+                return [await hits(2000) for _ in range(repeats)]
+            finally:
+                await quota.close()
+
+        samples = uvloop.run(measure())
+        out["redis_hit_us"] = sorted(samples)[len(samples) // 2]
     return out
 
 
@@ -177,7 +182,7 @@ def measure(model_dir: Path, redis_port: int | None, repeats: int = 5) -> dict[s
         "threadpool": lambda: _threadpool_hop(repeats),
         "jwt": lambda: _jwt(repeats),
         "model": lambda: _model(model_dir, repeats),
-        "limiter": lambda: _limiter(repeats, redis_port),
+        "quota": lambda: _quota(repeats, redis_port),
         "validation": lambda: _validation(repeats),
     }
     out: dict[str, Any] = {}

@@ -60,7 +60,9 @@ SCAFFOLD = re.compile(
     r"|Runner\.run \(|run \(asyncio/|Thread\._bootstrap|Thread\.run \(|WorkerThread\.run \()"
 )
 # Our packages, in the working tree or in a run's snapshot of it (not site-packages).
-_OURS = re.compile(r"/(app|auth|ml|cli|bench)/[^/]+(?:/[^/]+)*\.py$")
+_OURS = re.compile(
+    r"/(app|auth|ml|cli|bench|monitoring|db|deploy|migrations)/[^/]+(?:/[^/]+)*\.py$"
+)
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _COUNTS = re.compile(r"Samples: (\d+) Errors: (\d+)")
 
@@ -222,6 +224,66 @@ def _area_of(frame: str) -> str:
     return area(file)
 
 
+# Where a sample's time goes on a guarded request: the innermost frame (leaf first)
+# whose file says which part of the request it serves. Generic frames (the standard
+# library, typing, anyio's plumbing, SQLAlchemy, ...) say nothing and are passed over,
+# so ``json.loads`` under FastAPI counts as FastAPI and SQLAlchemy under the verifier
+# as authentication. First match wins, in this order, for each frame.
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("guard", ("app/guard.py",)),
+    ("auth", ("app/security.py", "app/single_flight.py", "auth/", "jose/", "jwt/", "ecdsa/")),
+    ("quota", ("app/quota.py", "app/limits.py", "limits/", "slowapi/", "redis/")),
+    (
+        "log and metrics",
+        (
+            "app/request_context.py",
+            "monitoring/",
+            "logging/",
+            "prometheus_client/",
+            "opentelemetry/",
+        ),
+    ),
+    ("model", ("app/routes/predict.py", "ml/", "numpy/", "sklearn/", "scipy/")),
+    (
+        "FastAPI",
+        ("fastapi/", "starlette/", "pydantic/", "pydantic_core/", "annotated_types/", "app/"),
+    ),
+    ("server", ("uvicorn/", "uvloop/", "httptools/", "h11/", "gunicorn/", "uvicorn_worker/")),
+)
+PART_NAMES = (*(name for name, _ in PARTS), "event loop and other")
+# Functions of the prediction route that are not the model: its body parser (FastAPI's
+# documented hook) and what it hands the log and the metrics.
+FUNCTION_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("app/routes/predict.py", "_OrjsonRequest.", "FastAPI"),
+    ("app/routes/predict.py", "_OrjsonRoute.", "FastAPI"),
+    ("app/routes/predict.py", "_record", "log and metrics"),
+    ("app/routes/predict.py", "_note", "log and metrics"),
+)
+
+
+def part_of_file(file: str, func: str = "") -> str | None:
+    """The part a frame of ``func`` in ``file`` serves, None for a generic one."""
+    path = short_path(file)
+    for where, prefix, name in FUNCTION_PARTS:
+        if path == where and func.startswith(prefix):
+            return name
+    for name, prefixes in PARTS:
+        if path.startswith(prefixes):
+            return name
+    return None
+
+
+def part_of(frames: list[str]) -> str:
+    """The part of the request a sample's stack serves (leaf first, generic frames passed
+    over); a stack of generic frames only is the event loop's own (or another thread's)."""
+    for frame in reversed(frames):
+        func, file, _line = parse_frame(frame)
+        found = part_of_file(file, func) if file else None
+        if found is not None:
+            return found
+    return "event loop and other"
+
+
 def is_idle(frames: list[str]) -> bool:
     return not frames or frames[-1].startswith(IDLE_LEAVES)
 
@@ -241,12 +303,14 @@ def summarize(
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     threads: Counter[str] = Counter()
+    parts: Counter[str] = Counter()
     for frames, count in stacks:
         if drop_idle and is_idle(frames):
             idle[_name(frames[-1]) if frames else "(no Python frame)"] += count
             continue
         leaf = frames[-1] if frames else "(no Python frame)"
         areas[_area_of(leaf)] += count
+        parts[part_of(frames)] += count
         self_counts[_name(leaf) if frames else leaf] += count
         worker = any(f.startswith("Thread._bootstrap_inner (") for f in frames[:3])
         threads["threadpool and other threads" if worker else "event loop thread"] += count
@@ -276,6 +340,7 @@ def summarize(
         "threads": {name: count / kept for name, count in threads.most_common()},
         "us_per_request": us_per_request,
         "areas": rows(areas, "area", None),
+        "parts": rows(parts, "part", None),
         "top_self": rows(self_counts, "function", top),
         "top_inclusive": rows(inclusive, "function", top + 10),
     }

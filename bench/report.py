@@ -1,7 +1,8 @@
-"""Turn a ``bench/results/*.json`` into ratios, targets, docs/benchmarks.md and a plot.
+"""Turn a ``bench/results/*.json`` into aims, ratios, docs/benchmarks.md and a plot.
 
-Run: ``python -m bench.report bench/results/<timestamp>.json`` to regenerate the docs
-from a stored run (``bench.run`` calls the same functions at the end of a run).
+Run: ``python -m bench.report bench/results/<timestamp>.json [--before OLDER.json]`` to
+regenerate the docs from a stored run (``bench.run`` calls the same functions at the
+end of a run). Without ``--before`` the newest earlier results file is the "before".
 
 Every ratio is the median, over repeats, of the ratio of two figures measured in the
 same repeat at the same concurrency and worker count (minutes apart at most), so slow
@@ -16,7 +17,8 @@ import json
 import shutil
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PLOT_NAME = "benchmarks.png"
 MATPLOTLIB_PIN = "matplotlib==3.11.2"
 HEADLINE_CONCURRENCY = 32
-PLOTTED = ("a", "b", "c", "d", "e")
+PLOTTED = ("a", "m", "b", "c", "d", "r", "e")
+# The profile that stands for each scenario's path (bench.run.PROFILES).
+PROFILE_OF = {
+    "a": "bare",
+    "m": "bare_model",
+    "c": "predict",
+    "d": "predict_key",
+    "r": "predict_redis",
+    "e": "predict_redis_log",
+    "n401": "n401",
+    "f401": "f401",
+    "q429": "q429",
+    "s413": "s413",
+}
 
 
-# --- ratios and targets ------------------------------------------------------------
+# --- ratios and aims ---------------------------------------------------------------
 
 
 def _median(values: Iterable[float]) -> float:
@@ -68,89 +83,296 @@ def paired_ratio(
     return _median(values)
 
 
-def table(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, float]]]:
+def table(runs: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         grouped[(run["scenario"], run["concurrency"])].append(run)
-    out: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+    out: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for (scenario, concurrency), group in sorted(grouped.items()):
-        out[scenario][concurrency] = {
+        statuses: dict[str, int] = defaultdict(int)
+        for r in group:
+            for status, count in r.get("statuses", {}).items():
+                statuses[status] += count
+        row: dict[str, Any] = {
             "rps": _median(r["rps"] for r in group),
             "p50_ms": _median(r["p50_ms"] for r in group),
             "p99_ms": _median(r["p99_ms"] for r in group),
             "cpu_us_per_request": _median(r["server_cpu_us_per_request"] for r in group),
             "non_2xx": sum(r["non_2xx"] for r in group),
             "socket_errors": sum(r["socket_errors"] for r in group),
+            "statuses": dict(sorted(statuses.items())),
+            "unexpected": sum(r.get("unexpected", 0) for r in group),
             "runs": len(group),
         }
-        if scenario in ("e", "r"):
-            out[scenario][concurrency]["redis_cpu_us_per_request"] = _median(
+        if any("redis_cpu_us_per_request" in r for r in group):
+            row["redis_cpu_us_per_request"] = _median(
                 r.get("redis_cpu_us_per_request", 0.0) for r in group
             )
+            row["redis_scripts_per_request"] = _median(
+                r.get("redis_scripts_per_request", float("nan")) for r in group
+            )
+        out[scenario][concurrency] = row
     return dict(out)
 
 
-# (name, source, top, bottom, metric, target or None, higher_is_better)
-RATIO_SPECS: tuple[tuple[str, str, str, str, str, float | None, bool], ...] = (
-    ("(c) JWT / (a) bare: throughput", "issue 9", "c", "a", "rps", 0.70, True),
-    ("(d) API key / (a) bare: throughput", "issue 9", "d", "a", "rps", 0.70, True),
-    ("(c) JWT / (a) bare: p99", "issue 9", "c", "a", "p99_ms", 2.0, False),
-    ("(d) API key / (a) bare: p99", "issue 9", "d", "a", "p99_ms", 2.0, False),
-    ("(c) JWT / (b) tutorial: throughput", "issue 9", "c", "b", "rps", 1.5, True),
-    ("(e) Redis + prediction log / (c): throughput", "issue 9", "e", "c", "rps", 0.85, True),
-    ("(c) JWT / (u) unauthenticated twin: throughput", "issue 8", "c", "u", "rps", 0.85, True),
-    ("(d) API key / (u) unauthenticated twin: throughput", "issue 8", "d", "u", "rps", 0.85, True),
-    ("(r) Redis limiter / (n) limits off: throughput", "issue 6", "r", "n", "rps", 0.85, True),
-    ("(c) JWT / (a) bare: requests per CPU-second", "context", "c", "a", "per_cpu", None, True),
-    ("(c) JWT / (b) tutorial: requests per CPU-second", "context", "c", "b", "per_cpu", None, True),
-    (
-        "(e) / (c): requests per CPU-second (Redis's CPU included)",
-        "context",
-        "e",
+@dataclass(frozen=True)
+class Aim:
+    """One aim of issue 15, at ``concurrency`` with one worker (and reported for two).
+
+    ``metric``: ``rps`` or ``p99_ms`` (a paired ratio top/bottom), ``redis_cpu`` (µs of
+    Redis CPU per request of ``top``), ``round_trips`` (commands the app sends to Redis
+    per request, MONITOR). ``before`` names the scenarios of an earlier run that
+    measured the same thing, or None where nothing comparable was measured.
+    """
+
+    name: str
+    top: str
+    bottom: str | None
+    metric: str
+    concurrency: int
+    target: float
+    higher_is_better: bool
+    before: tuple[str, str | None] | None
+
+
+AIMS: tuple[Aim, ...] = (
+    Aim("guarded, JWT (c) / bare (a): throughput", "c", "a", "rps", 32, 0.40, True, ("c", "a")),
+    Aim("guarded, API key (d) / bare (a): throughput", "d", "a", "rps", 32, 0.40, True, ("d", "a")),
+    Aim(
+        "guarded, JWT (c) / bare + the same model (m): throughput",
         "c",
-        "per_cpu",
-        None,
+        "m",
+        "rps",
+        32,
+        0.70,
         True,
+        None,
     ),
-    ("(c) JWT / (u) twin: requests per CPU-second", "context", "c", "u", "per_cpu", None, True),
-    ("(d) API key / (u) twin: requests per CPU-second", "context", "d", "u", "per_cpu", None, True),
-    (
-        "(r) Redis / (n) limits off: requests per CPU-second (Redis's CPU included)",
-        "context",
+    Aim(
+        "guarded, API key (d) / bare + the same model (m): throughput",
+        "d",
+        "m",
+        "rps",
+        32,
+        0.70,
+        True,
+        None,
+    ),
+    Aim(
+        "quota in Redis (r) / quota in memory (c): throughput",
         "r",
-        "n",
-        "per_cpu",
-        None,
+        "c",
+        "rps",
+        32,
+        0.85,
         True,
+        ("r", "c"),
     ),
-    ("(c) memory limiter / (n) limits off: throughput", "context", "c", "n", "rps", None, True),
-    ("(r) Redis limiter / (c) memory limiter: throughput", "context", "r", "c", "rps", None, True),
-    ("(e) prediction log on / (r) off: throughput", "context", "e", "r", "rps", None, True),
-    ("(u) twin without auth / (a) bare: throughput", "context", "u", "a", "rps", None, True),
-    ("(b) tutorial / (a) bare: throughput", "context", "b", "a", "rps", None, True),
+    Aim("Redis CPU per request (r), µs", "r", None, "redis_cpu", 32, 30.0, False, ("r", None)),
+    Aim(
+        "Redis round trips per request for the quota (r: commands it sends, MONITOR)",
+        "r",
+        None,
+        "round_trips",
+        1,
+        1.0,
+        False,
+        ("e", None),
+    ),
+    Aim(
+        "no credentials → 401 (n401) / bare 200 (a): throughput",
+        "n401",
+        "a",
+        "rps",
+        32,
+        1.0,
+        True,
+        None,
+    ),
+    Aim(
+        "forged token → 401 (f401) / bare 200 (a): throughput",
+        "f401",
+        "a",
+        "rps",
+        32,
+        1.0,
+        True,
+        None,
+    ),
+    Aim(
+        "over quota → 429 (q429) / bare 200 (a): throughput",
+        "q429",
+        "a",
+        "rps",
+        32,
+        1.0,
+        True,
+        None,
+    ),
+    Aim(
+        "declared oversize body → 413 (s413) / bare 200 (a): throughput",
+        "s413",
+        "a",
+        "rps",
+        32,
+        1.0,
+        True,
+        None,
+    ),
+    Aim("prediction log on (e) / off (r): throughput", "e", "r", "rps", 32, 0.90, True, ("e", "r")),
+    Aim(
+        "guarded, JWT (c) p99 / bare (a) p99, 8 connections",
+        "c",
+        "a",
+        "p99_ms",
+        8,
+        3.0,
+        False,
+        ("c", "a"),
+    ),
+    Aim(
+        "guarded, API key (d) p99 / bare (a) p99, 8 connections",
+        "d",
+        "a",
+        "p99_ms",
+        8,
+        3.0,
+        False,
+        ("d", "a"),
+    ),
+)
+
+# Other ratios at every concurrency, without an aim: (name, top, bottom, metric).
+CONTEXT: tuple[tuple[str, str, str, str], ...] = (
+    ("(c) JWT / (a) bare: requests per CPU-second", "c", "a", "per_cpu"),
+    ("(d) API key / (a) bare: requests per CPU-second", "d", "a", "per_cpu"),
+    ("(c) JWT / (m) bare + model: requests per CPU-second", "c", "m", "per_cpu"),
+    ("(d) API key / (m) bare + model: requests per CPU-second", "d", "m", "per_cpu"),
+    ("(r) Redis / (c) memory: requests per CPU-second (Redis's CPU included)", "r", "c", "per_cpu"),
+    ("(e) log on / (r) off: requests per CPU-second (Redis's CPU included)", "e", "r", "per_cpu"),
+    ("(m) bare + model / (a) bare: throughput", "m", "a", "rps"),
+    ("(c) JWT / (b) tutorial: throughput", "c", "b", "rps"),
+    ("(b) tutorial / (a) bare: throughput", "b", "a", "rps"),
+    ("(d) API key / (c) JWT: throughput", "d", "c", "rps"),
+    ("(e) Redis + log / (c) memory, no log: throughput", "e", "c", "rps"),
+    ("(c) JWT / (a) bare: p99", "c", "a", "p99_ms"),
+    ("(d) API key / (a) bare: p99", "d", "a", "p99_ms"),
+    ("(c) JWT / (m) bare + model: p99", "c", "m", "p99_ms"),
 )
 
 
-def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"phases": {}, "targets": []}
+def _met(value: float, target: float, higher: bool) -> bool | None:
+    if value != value:  # NaN: not measured
+        return None
+    return value >= target if higher else value <= target
+
+
+def _aim_value(aim: Aim, phase: Mapping[str, Any], keys: tuple[str, str | None]) -> float:
+    runs = phase.get("runs", [])
+    top, bottom = keys
+    if aim.metric == "redis_cpu":
+        return _median(
+            r["redis_cpu_us_per_request"]
+            for r in runs
+            if r["scenario"] == top
+            and r["concurrency"] == aim.concurrency
+            and "redis_cpu_us_per_request" in r
+        )
+    if aim.metric == "round_trips":
+        redis = phase.get("redis") or {}
+        value = redis.get(
+            "quota_commands_per_request",
+            redis.get("commands_per_request", redis.get("round_trips_per_request")),
+        )
+        return float("nan") if value is None else float(value)
+    assert bottom is not None
+    return paired_ratio(runs, top, bottom, aim.concurrency, aim.metric)
+
+
+def _per_cpu(aim: Aim, phase: Mapping[str, Any]) -> float | None:
+    if aim.metric != "rps" or aim.bottom is None:
+        return None
+    return paired_ratio(phase.get("runs", []), aim.top, aim.bottom, aim.concurrency, "per_cpu")
+
+
+def evaluate_aims(
+    phases: Mapping[str, Mapping[str, Any]], before: Mapping[str, Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """One row per aim and worker count: before (where comparable), after, met."""
+    rows = []
+    for workers, phase in phases.items():
+        failed = phase.get("failed_scenarios", {})
+        old = (before or {}).get(workers)
+        for aim in AIMS:
+            if aim.metric == "round_trips" and "redis" not in phase:
+                continue  # measured with one worker only
+            value = _aim_value(aim, phase, (aim.top, aim.bottom))
+            was = None
+            if old is not None and aim.before is not None:
+                was = _aim_value(aim, old, aim.before)
+                was = None if was != was else was
+            broken = {k: failed[k] for k in (aim.top, aim.bottom) if k and k in failed}
+            note = ""
+            if aim.metric == "round_trips":
+                redis = phase.get("redis") or {}
+                by_purpose = redis.get("commands_by_purpose", {})
+                n = max(1, redis.get("requests", 1))
+                note = f"every command the app sent: {redis.get('commands_per_request', 0):.2f}" + (
+                    " a request ("
+                    + ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(by_purpose.items()))
+                    + ")"
+                    if by_purpose
+                    else ""
+                )
+            met = _met(value, aim.target, aim.higher_is_better)
+            rows.append(
+                {
+                    **asdict(aim),
+                    "workers": int(workers),
+                    "value": value,
+                    "before": was,
+                    "per_cpu": _per_cpu(aim, phase),
+                    # A scenario whose answers were not all its expected status meets nothing.
+                    "unexpected_answers": broken,
+                    "note": note,
+                    "met": False if broken else met,
+                }
+            )
+    return rows
+
+
+def _phases_by_workers(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {str(p["workers"]): p for p in results.get("phases", [])}
+
+
+def summarize(results: dict[str, Any], before: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"phases": {}, "aims": [], "targets": []}
     in_process = {row["rows"]: row for row in results.get("in_process", [])}
-    for phase in results.get("phases", []):
-        workers = phase["workers"]
+    phases = _phases_by_workers(results)
+    for workers, phase in phases.items():
         runs = phase["runs"]
         concurrencies = sorted({r["concurrency"] for r in runs})
         ratios = []
-        for name, source, top, bottom, metric, target, higher in RATIO_SPECS:
+        specs: list[tuple[str, str, str | None, str, Aim | None]] = [
+            (a.name, a.top, a.bottom, a.metric, a) for a in AIMS if a.bottom is not None
+        ]
+        specs += [(name, top, bottom, metric, None) for name, top, bottom, metric in CONTEXT]
+        for name, top, bottom, metric, aim in specs:
+            assert bottom is not None
             for concurrency in concurrencies:
                 value = paired_ratio(runs, top, bottom, concurrency, metric)
-                met = None if target is None else (value >= target if higher else value <= target)
+                if value != value:
+                    continue  # a refusal, measured at the headline concurrency only
+                met = None
+                if aim is not None and concurrency == aim.concurrency:
+                    met = _met(value, aim.target, aim.higher_is_better)
                 ratios.append(
                     {
                         "name": name,
-                        "source": source,
                         "concurrency": concurrency,
                         "value": value,
-                        "target": target,
-                        "higher_is_better": higher,
+                        "target": aim.target if aim is not None else None,
+                        "higher_is_better": aim.higher_is_better if aim is not None else True,
                         "met": met,
                     }
                 )
@@ -177,29 +399,25 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         rss = {
             name: max(values) if values else None for name, values in phase["peak_rss_mb"].items()
         }
-        summary["phases"][str(workers)] = {
+        summary["phases"][workers] = {
             "table": table(runs),
             "ratios": ratios,
             "batches": batches,
             "peak_rss_mb": rss,
             "redis": phase.get("redis"),
+            "failed_scenarios": phase.get("failed_scenarios", {}),
         }
-    summary["targets"] = _targets(summary)
+    summary["aims"] = evaluate_aims(
+        phases, _phases_by_workers(before) if before is not None else None
+    )
+    summary["targets"] = _earlier_targets(summary)
     return summary
 
 
-def _find(ratios: list[dict[str, Any]], name: str, concurrency: int) -> dict[str, Any] | None:
-    return next((r for r in ratios if r["name"] == name and r["concurrency"] == concurrency), None)
-
-
-def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per target and worker count, at the headline concurrency (32)."""
+def _earlier_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 9's aims that issue 15 left standing: batches and memory."""
     rows = []
     for workers, phase in summary["phases"].items():
-        for spec in RATIO_SPECS:
-            found = _find(phase["ratios"], spec[0], HEADLINE_CONCURRENCY)
-            if found and spec[5] is not None:
-                rows.append({**found, "workers": int(workers)})
         batch = phase["batches"].get(1000) or phase["batches"].get("1000")
         # The issue's baseline is the scikit-learn estimator's own predict; ours, stricter
         # while the compiled path is the faster of the two, is our LoadedModel.predict.
@@ -250,16 +468,54 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def previous_results(path: Path) -> Path | None:
+    """The newest results file in ``path``'s directory older than ``path`` (by name)."""
+    older = sorted(p for p in path.parent.glob("*.json") if p.name < path.name)
+    return older[-1] if older else None
+
+
+def _show(value: float | None, aim: Mapping[str, Any]) -> str:
+    if value is None or value != value:
+        return NONE
+    if aim["metric"] == "redis_cpu":
+        return f"{value:.1f} µs"
+    if aim["metric"] == "round_trips":
+        return f"{value:.2f}"
+    return f"{value:.2f}x"
+
+
+def _aim_target(aim: Mapping[str, Any]) -> str:
+    sign = "≥" if aim["higher_is_better"] else "≤"
+    unit = (
+        " µs" if aim["metric"] == "redis_cpu" else ("" if aim["metric"] == "round_trips" else "x")
+    )
+    return f"{sign} {aim['target']:g}{unit}"
+
+
+def _verdict(aim: Mapping[str, Any]) -> str:
+    if aim["unexpected_answers"]:
+        counts = ", ".join(f"({k}) {v}" for k, v in aim["unexpected_answers"].items())
+        return f"**no**: answers not of the expected status ({counts})"
+    if aim["met"] is None:
+        return "not measured"
+    return "yes" if aim["met"] else "**no**"
+
+
 def console_summary(summary: dict[str, Any]) -> str:
-    lines = ["", f"Targets (ratios at concurrency {HEADLINE_CONCURRENCY} unless noted):"]
-    width = max((len(row["name"]) for row in summary["targets"]), default=58)
-    for row in summary["targets"]:
-        sign = ">=" if row["higher_is_better"] else "<="
+    lines = ["", "Aims (issue 15):"]
+    width = max((len(row["name"]) for row in summary["aims"]), default=58)
+    for row in summary["aims"]:
         lines.append(
-            f"  w{row['workers']} {row['source']:<8} {row['name']:<{width}} "
-            f"{row['value']:8.2f} (aim {sign} {row['target']:g})  "
-            + ("met" if row["met"] else "MISSED")
+            f"  w{row['workers']} c{row['concurrency']:<3} {row['name']:<{width}} "
+            f"{_show(row['before'], row):>8} -> {_show(row['value'], row):>8} "
+            f"(aim {_aim_target(row)})  "
+            + ("met" if row["met"] else ("n/a" if row["met"] is None else "MISSED"))
         )
+    for workers, phase in summary["phases"].items():
+        if phase.get("failed_scenarios"):
+            lines.append(
+                f"  w{workers} answers not of the expected status: {phase['failed_scenarios']}"
+            )
     return "\n".join(lines)
 
 
@@ -275,26 +531,296 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _target_rows(summary: dict[str, Any]) -> list[str]:
+def _aim_rows(summary: dict[str, Any], workers: str) -> list[str]:
     lines = [
-        "| workers | source | ratio | concurrency | value | aim | met |",
-        "| ---: | --- | --- | ---: | ---: | ---: | --- |",
+        "| aim | C | before | after | after, per CPU-second | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for row in sorted(summary["targets"], key=lambda r: (r["source"], r["workers"])):
-        sign = "≥" if row["higher_is_better"] else "≤"
-        if row["name"].startswith("peak RSS"):
-            sign = "<"
+    for row in summary["aims"]:
+        if str(row["workers"]) != workers:
+            continue
+        per_cpu = row.get("per_cpu")
         lines.append(
-            f"| {row['workers']} | {row['source']} | {row['name']} | "
+            f"| {row['name']} | {row['concurrency'] if row['metric'] != 'round_trips' else 1} | "
+            f"{_show(row['before'], row)} | **{_show(row['value'], row)}** | "
+            f"{_show(per_cpu, row) if per_cpu is not None else ''} | {_aim_target(row)} | "
+            f"{_verdict(row)}{'; ' + row['note'] if row.get('note') else ''} |"
+        )
+    return lines
+
+
+def _earlier_rows(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        "| workers | ratio | concurrency | value | aim | met |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for row in sorted(summary["targets"], key=lambda r: r["workers"]):
+        sign = (
+            "<" if row["name"].startswith("peak RSS") else "≥" if row["higher_is_better"] else "≤"
+        )
+        lines.append(
+            f"| {row['workers']} | {row['name']} | "
             f"{row['concurrency'] if row['concurrency'] is not None else NONE} | "
             f"{row['value']:.2f} | {sign} {row['target']:g} | {'yes' if row['met'] else '**no**'} |"
         )
     return lines
 
 
+def _parts(profile: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """µs of server CPU per request in each part of the request (the GIL view's shares
+    times the CPU per request measured in the same window), or None."""
+    if not profile:
+        return None
+    gil = profile.get("views", {}).get("gil", {})
+    if "parts" not in gil:
+        return None
+    cpu = gil["server_cpu_us_per_request"]
+    return {row["part"]: row["share"] * cpu for row in gil["parts"]}
+
+
+def _profiles(results: Mapping[str, Any]) -> dict[str, Any]:
+    profiles = dict(results.get("profiles") or {})
+    for old, name in (("profile", "predict"), ("profile_batch", "batch")):
+        if old in results and name not in profiles:
+            profiles[name] = results[old]
+    return profiles
+
+
+def _parts_section(results: Mapping[str, Any]) -> list[str]:
+    from bench.profiling import PART_NAMES
+
+    profiles = _profiles(results)
+    shown = [
+        (key, name, parts)
+        for key, name in PROFILE_OF.items()
+        if (parts := _parts(profiles.get(name))) is not None
+    ]
+    if not shown:
+        return []
+    lines = [
+        "µs of server CPU per request in each part of the request, by scenario: py-spy's "
+        "`--gil` samples of a one-worker server (prediction log as the scenario has it), "
+        "each sample given to the innermost frame that says what it serves "
+        "(`bench.profiling.PARTS`: `app/guard.py` is the guard; `app/security.py`, `auth/` "
+        "and the JWT library auth; `app/quota.py`, `app/limits.py`, `limits`, `slowapi` and "
+        "the Redis client the quota; `app/request_context.py`, `monitoring/`, `logging` and "
+        "`prometheus_client` the log and metrics; the route's `app/routes/predict.py` (but "
+        "its orjson body parser, FastAPI's, and its hand-off to the log), `ml/` and NumPy "
+        "the model; FastAPI, Starlette, pydantic and the rest of `app/` FastAPI; "
+        "uvicorn and httptools the server; what is left is asyncio's and uvloop's own work "
+        "and threads' plumbing), times the server's CPU per request in the same window "
+        "(/proc). Profiled separately from the measured runs, at concurrency "
+        f"{HEADLINE_CONCURRENCY} (a 1000-row batch at 8), so totals differ a little from "
+        "the tables above.",
+        "",
+        "| part | " + " | ".join(f"({key})" for key, _, _ in shown) + " |",
+        "| --- |" + " ---: |" * len(shown),
+    ]
+    for part in PART_NAMES:
+        cells = [_fmt(parts.get(part, 0.0)) for _, _, parts in shown]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    totals = [_fmt(sum(parts.values())) for _, _, parts in shown]
+    lines.append("| **total** | " + " | ".join(f"**{t}**" for t in totals) + " |")
+    return lines
+
+
+def _layers_section(results: Mapping[str, Any]) -> list[str]:
+    found = results.get("layers")
+    if not found:
+        return []
+    if "error" in found:
+        return ["", "The in-process layer measurement failed:", "", "```", found["error"], "```"]
+    cpu = found["cpu_us_per_request"]
+    lines = [
+        "",
+        "### In process, without HTTP: each layer of a guarded request",
+        "",
+        "From `bench/layers.py`: each app driven through ASGI directly, one request at a "
+        "time on uvloop, no server, no sockets, no load generator; process CPU per request "
+        "(every thread, the log's queue drained), the median of "
+        f"{found['repeats']} samples of {found['requests_per_sample']} requests, the cases "
+        "in a rotated order. The guarded app is entered at each layer of its middleware "
+        "chain in turn (" + " → ".join(f"`{c}`" for c in found.get("chain", [])) + "), "
+        "so each layer's cost is a paired difference. What uvicorn and the sockets add over "
+        "HTTP is the same for every app and is not here.",
+        "",
+        "| case | CPU µs per request |",
+        "| --- | ---: |",
+    ]
+    for name, value in cpu.items():
+        lines.append(f"| {name} | {_fmt(value)} |")
+    lines += ["", "| layer of (c) | µs per request |", "| --- | ---: |"]
+    for name, value in found.get("layers_us", {}).items():
+        lines.append(f"| {name} | {_fmt(value)} |")
+    return lines
+
+
+def _layers_sentence(results: Mapping[str, Any], top: str, bottom: str) -> str:
+    found = results.get("layers") or {}
+    cpu = found.get("cpu_us_per_request")
+    if not cpu or top not in cpu or bottom not in cpu:
+        return ""
+    text = (
+        f" In process, without HTTP (`bench/layers.py`): ({top}) {cpu[top]:,.0f} µs, "
+        f"({bottom}) {cpu[bottom]:,.0f} µs"
+    )
+    if top in ("c", "d") and found.get("layers_us"):
+        text += "; the layers of (c): " + ", ".join(
+            f"{name} {value:,.0f} µs" for name, value in found["layers_us"].items()
+        )
+    return text + "."
+
+
+def _cpu_of(phase: Mapping[str, Any], key: str, concurrency: int) -> float | None:
+    row = phase["table"].get(key, {}).get(concurrency) or phase["table"].get(key, {}).get(
+        str(concurrency)
+    )
+    return None if row is None else float(row["cpu_us_per_request"])
+
+
+def _row_of(phase: Mapping[str, Any], key: str, concurrency: int) -> Mapping[str, Any]:
+    table_ = phase["table"].get(key, {})
+    found: Mapping[str, Any] = table_.get(concurrency) or table_.get(str(concurrency)) or {}
+    return found
+
+
+def _deltas(results: Mapping[str, Any], top: str, bottom: str, count: int = 4) -> str:
+    profiles = _profiles(results)
+    high = _parts(profiles.get(PROFILE_OF.get(top, "")))
+    low = _parts(profiles.get(PROFILE_OF.get(bottom, "")))
+    if high is None or low is None:
+        return ""
+    diff = {part: high.get(part, 0.0) - low.get(part, 0.0) for part in set(high) | set(low)}
+    ranked = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:count]
+    text = ", ".join(f"{part} {value:+,.0f} µs" for part, value in ranked)
+    return f" By part (profiles of ({top}) and ({bottom}), µs per request): {text}."
+
+
+# What the figures cannot show by themselves, per scenario.
+NOTES = {
+    "s413": " The guard answers a declared oversize body without reading it, so it must "
+    "close the connection (`Connection: close`: where the next request would start is "
+    "unknown); every refused request therefore costs a TCP connection set up and torn "
+    "down on both sides (wrk reconnects), which a bare 200 over keep-alive does not pay.",
+    "f401": " A forged token is a well-formed JWT under a known key: its signature is "
+    "checked in full (an HMAC-SHA256 through python-jose) on every request, never cached, "
+    "and each failure is counted in the failed-authentication throttle's moving window "
+    "and in the metrics.",
+    "q429": " An over-quota caller is authenticated (from the verifier's cache), charged "
+    "(refused), and answered with the RateLimit fields and Retry-After.",
+}
+
+
+def why_missed(results: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
+    """One paragraph per missed aim (one worker): where its time goes."""
+    phase = summary["phases"].get("1")
+    if phase is None:
+        return []
+    lines = []
+    for aim in summary["aims"]:
+        if aim["workers"] != 1 or aim["met"] is not False:
+            continue
+        c = aim["concurrency"]
+        top, bottom = aim["top"], aim["bottom"]
+        head = f"- **{aim['name']}: {_show(aim['value'], aim)}, aim {_aim_target(aim)}.**"
+        if aim["unexpected_answers"]:
+            lines.append(
+                f"{head} The scenario's answers were not all of its expected status: "
+                f"{aim['unexpected_answers']} (see the tables' status counts)."
+            )
+            continue
+        if aim["metric"] == "rps" and bottom is not None:
+            t_row, b_row = _row_of(phase, top, c), _row_of(phase, bottom, c)
+            t_cpu = t_row.get("cpu_us_per_request", float("nan"))
+            b_cpu = b_row.get("cpu_us_per_request", float("nan"))
+            redis = t_row.get("redis_cpu_us_per_request")
+            extra = f" (and Redis {redis:,.0f} µs)" if redis is not None else ""
+            budget = b_cpu / aim["target"]
+            text = (
+                f"{head} ({top}) costs {t_cpu:,.0f} µs of server CPU a request{extra} against "
+                f"({bottom})'s {b_cpu:,.0f} µs (c={c}, medians): {aim['target']:g}x would allow "
+                f"at most {budget:,.0f} µs, {t_cpu - budget:,.0f} µs less."
+            )
+            per_cpu = aim.get("per_cpu")
+            if per_cpu is not None and per_cpu == per_cpu:
+                text += f" In requests per CPU-second the ratio is {per_cpu:.2f}."
+            lines.append(
+                text
+                + NOTES.get(top, "")
+                + _deltas(results, top, bottom)
+                + _layers_sentence(results, top, bottom)
+            )
+        elif aim["metric"] == "p99_ms" and bottom is not None:
+            t_row, b_row = _row_of(phase, top, c), _row_of(phase, bottom, c)
+            t_cpu = t_row.get("cpu_us_per_request", 0.0)
+            b_cpu = b_row.get("cpu_us_per_request", 0.0)
+            lines.append(
+                f"{head} p99 at {c} connections: ({top}) {t_row.get('p99_ms', 0):.2f} ms, "
+                f"({bottom}) {b_row.get('p99_ms', 0):.2f} ms; p50 {t_row.get('p50_ms', 0):.2f} "
+                f"against {b_row.get('p50_ms', 0):.2f} ms. With {c} connections on one worker "
+                f"a request waits behind the others: {c} x {t_cpu:,.0f} µs of CPU is "
+                f"{c * t_cpu / 1000:.2f} ms for ({top}), {c * b_cpu / 1000:.2f} ms for "
+                f"({bottom}): the tail follows the CPU per request." + _deltas(results, top, bottom)
+            )
+        elif aim["metric"] == "redis_cpu":
+            runs = [
+                r
+                for r in _phases_by_workers(results).get("1", {}).get("runs", [])
+                if r["scenario"] == top and r["concurrency"] == c
+            ]
+            names = sorted({k for r in runs for k in r.get("redis_command_us_per_request", {})})
+            spent = {
+                name: _median(
+                    r.get("redis_command_us_per_request", {}).get(name, 0.0) for r in runs
+                )
+                for name in names
+            }
+            inside = ", ".join(f"{name} {value:.1f} µs" for name, value in spent.items())
+            total = aim["value"]
+            scripts = spent.get("evalsha", 0.0) + spent.get("eval", 0.0)
+            text = f"{head} Redis's CPU is `INFO cpu` over the runs of ({top}) at c={c}."
+            if spent:
+                text += (
+                    f" Of its {total:.1f} µs a request, its commands account for "
+                    f"{scripts:.1f} µs (commandstats per request: {inside}; a script's GET and "
+                    "INCRBY are counted both on their own and within its EVALSHA); the other "
+                    f"{total - scripts:.1f} µs are Redis reading, parsing and answering the "
+                    "request over its socket (its event loop and system calls, on a machine "
+                    "whose two cores are busy with the server and wrk)."
+                )
+            lines.append(text)
+        elif aim["metric"] == "round_trips":
+            redis = phase.get("redis") or {}
+            lines.append(
+                f"{head} Commands the app sent per request: {redis.get('client_commands')}, "
+                f"over {redis.get('requests')} requests."
+            )
+    return lines
+
+
+def _top_parts(results: Mapping[str, Any], name: str = "predict", count: int = 3) -> str:
+    profile = _profiles(results).get(name) or {}
+    parts = _parts(profile)
+    gil = profile.get("views", {}).get("gil", {})
+    if parts is None:
+        return ""
+    ranked = sorted(parts.items(), key=lambda kv: -kv[1])[:count]
+    functions = ", ".join(
+        f"`{f['function']}` {f['share'] * gil['server_cpu_us_per_request']:,.0f} µs"
+        for f in gil.get("top_self", [])[:count]
+    )
+    return (
+        f"On the guarded path ((c), JWT, quota in memory), {gil['server_cpu_us_per_request']:,.0f}"
+        " µs of server CPU a request, the largest parts are "
+        + ", ".join(f"{part} ({value:,.0f} µs)" for part, value in ranked)
+        + f"; the functions with the most samples of their own: {functions}."
+    )
+
+
 def write_docs(results: dict[str, Any], source: Path, docs: Path) -> None:
     summary = results["summary"]
     scenarios: dict[str, str] = results["settings"]["scenarios"]
+    expected: dict[str, int] = results["settings"].get("expected_status", {})
     env = results["environment"]
     settings = results["settings"]
     docs.mkdir(parents=True, exist_ok=True)
@@ -303,12 +829,14 @@ def write_docs(results: dict[str, Any], source: Path, docs: Path) -> None:
         shown_source = source.resolve().relative_to(ROOT)
     except ValueError:
         shown_source = source
+    before = results.get("before")
     lines = [
         "# Benchmarks",
         "",
         f"Generated by `bench/report.py` from `{shown_source}` "
-        f"(run started {results['started_at']}, {results['elapsed_s'] / 60:.1f} min). "
-        "Do not edit by hand: run `make bench` again.",
+        f"(run started {results['started_at']}, {results['elapsed_s'] / 60:.1f} min"
+        + (f"; before: `{before}`" if before else "")
+        + "). Do not edit by hand: run `make bench` again.",
         "",
         "The machine is shared and noisy, so **ratios measured side by side are the results**;",
         "absolute numbers are only for orientation. Each figure is the median of "
@@ -334,85 +862,145 @@ def write_docs(results: dict[str, Any], source: Path, docs: Path) -> None:
         f"- wrk: `-t{settings['wrk_threads']} -c<C> -d{settings['duration_s']:g}s --latency "
         "-s bench/wrk/post_json.lua`, "
         f"{settings['warmup_s']:g} s warm-up per scenario; batches at "
-        f"-c{settings['batch_concurrency']}.",
+        f"-c{settings['batch_concurrency']}. The Lua script counts the answers by status "
+        "(the same script, so the same load generator, for every scenario); a scenario "
+        "whose answers are not all its expected status is marked failed.",
         "- Servers: ours is `housing-api serve --workers N` (uvicorn with uvloop and "
         "httptools for 1 worker, gunicorn with uvicorn workers for 2); the baselines run from "
         "factories in `bench/baselines/` with the same server flags (`bench/servers.py`). Ours "
-        "and its twins write the app's JSON log event and metrics for every request; the "
-        "baselines (a) and (b) log nothing per request. The prediction log "
-        "(`PREDICTION_LOG_ENABLED`) is on in (e) only.",
+        "writes the app's JSON log event and metrics for every request; the baselines log "
+        "nothing per request. The prediction log (`PREDICTION_LOG_ENABLED`) is on in (e) "
+        "only. Ours parses bodies with orjson, the baselines with FastAPI's `json.loads` "
+        "(about 1 µs more for this body, in the baselines' disfavour).",
         "- Settings: "
         + ", ".join(f"`{k}={v}`" for k, v in settings["server_env"].items())
-        + " (limits are checked on every request but never reached; load shedding never "
-        "triggers, so every answer is a 200).",
+        + ". The limits are checked on every request but never reached by the scenarios "
+        "answered 200; load shedding never triggers. `RATE_LIMIT_AUTH_FAILURES` is per "
+        "second so that the forged-token flood, from one address, keeps being answered 401: "
+        "under the default 30/minute the failed-authentication throttle answers 429 from "
+        "the 31st failure on.",
         "",
-        "Scenarios:",
+        "Scenarios (all POST /v1/predict with the same body; expected status):",
         "",
     ]
-    lines += [f"- **({key})** {label}" for key, label in scenarios.items()]
+    lines += [
+        f"- **({key})** {label} — {expected.get(key, 200)}" for key, label in scenarios.items()
+    ]
     lines += [
         "",
         "Reading the numbers:",
         "",
         "- Wall-clock ratios swing by ±30 % between runs on this machine (p99 ratios more);",
-        "  the *requests per CPU-second* rows (server CPU, plus Redis's for (e) and (r)) are",
-        "  the steadier measure of what each guard costs, and what a saturated server's",
+        "  the *requests per CPU-second* figures (server CPU, plus Redis's for (e) and (r))",
+        "  are the steadier measure of what each part costs, and what a saturated server's",
         "  throughput ratio would be.",
-        "- `RATE_LIMIT_PREDICT` is huge so that no request is refused; with one caller the",
-        "  moving window then holds every hit of the last minute (tens of thousands of",
-        "  entries), which makes Redis's window-stats script longer than under a real plan's",
-        "  limit (see the component table).",
-        "- The profiles are py-spy samples of a running server (no instrumentation), shares of",
-        "  the samples holding the GIL; the component table gives each part's cost alone.",
+        "- Redis CPU is Redis's own `used_cpu_sys + used_cpu_user` (`INFO cpu`) over each run",
+        "  divided by the run's requests; its commands per request come from `INFO",
+        "  commandstats` over the same runs, and from MONITOR over sequential requests.",
+        "- The refusals run at the headline concurrency only.",
         "- [scaling.md](scaling.md) turns these figures into a capacity plan.",
+        "",
+        "## Aims (issue 15)",
+        "",
+        f'At concurrency {HEADLINE_CONCURRENCY} unless the row says otherwise (C). "Before" is '
+        + (f"`{before}`" if before else "the previous results file")
+        + ", where it measured the same thing: the guards then were FastAPI dependencies and "
+        "SlowAPI's moving window (its (r)/(c) compared that window in Redis and in memory; "
+        "its Redis commands were counted on (e), the prediction log on: two EVALSHA "
+        "pipelined in one round trip, so its 2.05 commands were about one round trip and "
+        "a read of the throttle's window now and then); the baseline "
+        '"bare + the same model" and the refusal scenarios are new. Issue 15 replaced '
+        "issue 9's aims of 0.70x bare and a p99 within 2x bare.",
+        "",
     ]
-    lines += ["", "## Targets", "", f"At concurrency {HEADLINE_CONCURRENCY} unless noted.", ""]
-    lines += _target_rows(summary)
+    for workers in summary["phases"]:
+        lines += [f"### {workers} worker{'s' if workers != '1' else ''}", ""]
+        lines += _aim_rows(summary, workers)
+        lines.append("")
+    top = _top_parts(results)
+    missed = why_missed(results, summary)
+    lines += ["## Where the time goes", ""]
+    if top:
+        lines += [top, ""]
+    if missed:
+        lines += ["Each missed aim (one worker):", "", *missed, ""]
+    lines += _parts_section(results)
+    lines += _layers_section(results)
     lines += [
         "",
-        'All ratios at every concurrency (✗: aim missed; "context" rows have no aim):',
+        f"## CPU per request, per scenario (concurrency {HEADLINE_CONCURRENCY})",
+        "",
+    ]
+    for workers, phase in summary["phases"].items():
+        lines += [
+            f"{workers} worker{'s' if workers != '1' else ''}:",
+            "",
+            "| scenario | expected | answers | unexpected | req/s | server CPU µs/req "
+            "| Redis CPU µs/req | Redis scripts/req |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for key in scenarios:
+            row = _row_of(phase, key, HEADLINE_CONCURRENCY)
+            if not row:
+                continue
+            answers = ", ".join(f"{s}: {n:,}" for s, n in row.get("statuses", {}).items())
+            lines.append(
+                f"| ({key}) | {expected.get(key, 200)} | {answers or NONE} | "
+                f"{row.get('unexpected', 0):,} | {_fmt(row['rps'])} | "
+                f"{_fmt(row['cpu_us_per_request'])} | "
+                f"{_fmt(row.get('redis_cpu_us_per_request'), 1)} | "
+                f"{_fmt(row.get('redis_scripts_per_request'), 3)} |"
+            )
+        lines.append("")
+    lines += [
+        "All ratios at every concurrency (✗: aim missed; rows without an aim are context):",
         "",
     ]
     concurrencies = settings["concurrency"]
     lines.append("| workers | ratio | aim | " + " | ".join(f"c={c}" for c in concurrencies) + " |")
     lines.append("| ---: | --- | ---: |" + " ---: |" * len(concurrencies))
     for workers, phase in summary["phases"].items():
-        for spec in RATIO_SPECS:
-            name, target, higher = spec[0], spec[5], spec[6]
+        names = list(dict.fromkeys(r["name"] for r in phase["ratios"]))
+        for name in names:
+            found = {r["concurrency"]: r for r in phase["ratios"] if r["name"] == name}
             cells = []
+            aim = ""
             for c in concurrencies:
-                found = _find(phase["ratios"], name, c)
-                cells.append(
-                    NONE
-                    if found is None
-                    else (f"{found['value']:.2f}" + (" ✗" if found["met"] is False else ""))
-                )
-            aim = NONE if target is None else f"{'≥' if higher else '≤'} {target:g}"
-            lines.append(f"| {workers} | {name} | {aim} | " + " | ".join(cells) + " |")
+                r = found.get(c)
+                if r is None:
+                    cells.append(NONE)
+                    continue
+                cells.append(f"{r['value']:.2f}" + (" ✗" if r["met"] is False else ""))
+                if r["target"] is not None and r["met"] is not None:
+                    aim = f"{'≥' if r['higher_is_better'] else '≤'} {r['target']:g} at c={c}"
+            lines.append(f"| {workers} | {name} | {aim or NONE} | " + " | ".join(cells) + " |")
     for workers, phase in summary["phases"].items():
         lines += [
             "",
             f"## {workers} worker{'s' if workers != '1' else ''}: requests/s, latency, "
             "server CPU per request",
             "",
-            "| scenario | C | req/s | p50 ms | p99 ms | server CPU µs/req | non-2xx |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| scenario | C | req/s | p50 ms | p99 ms | server CPU µs/req | answers |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for key in scenarios:
             for c, row in sorted(phase["table"].get(key, {}).items(), key=lambda kv: int(kv[0])):
                 cpu = _fmt(row["cpu_us_per_request"])
                 if "redis_cpu_us_per_request" in row:
                     cpu += f" (+ Redis {_fmt(row['redis_cpu_us_per_request'])})"
+                answers = ", ".join(f"{s}: {n:,}" for s, n in row.get("statuses", {}).items())
+                if row.get("socket_errors"):
+                    answers += f"; socket errors {row['socket_errors']:,}"
                 lines.append(
                     f"| ({key}) | {c} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'], 2)} | "
-                    f"{_fmt(row['p99_ms'], 2)} | {cpu} | {row['non_2xx']} |"
+                    f"{_fmt(row['p99_ms'], 2)} | {cpu} | {answers or NONE} |"
                 )
         lines += [
             "",
             "Batches, /v1/predict/batch with a JWT, against in-process predictions on the "
             "same rows (one core, no HTTP): our `LoadedModel.predict` (the compiled path the "
             "route serves) and the scikit-learn estimator's own `model.estimator.predict` "
-            "(the issue's baseline):",
+            "(issue 9's baseline):",
             "",
             "| rows | req/s | rows/s | p50 ms | p99 ms | server CPU µs/req "
             "| LoadedModel.predict rows/s | ratio | estimator.predict rows/s | ratio |",
@@ -431,6 +1019,8 @@ def write_docs(results: dict[str, Any], source: Path, docs: Path) -> None:
         lines.append("| --- | ---: |")
         for name, mb in phase["peak_rss_mb"].items():
             lines.append(f"| {name} | {_fmt(mb, 1)} |")
+    lines += ["", "## Earlier aims still standing (issue 9)", ""]
+    lines += _earlier_rows(summary)
     for failure in results.get("failures", []):
         lines += [
             "",
@@ -444,8 +1034,9 @@ def write_docs(results: dict[str, Any], source: Path, docs: Path) -> None:
     lines += _components_section(results.get("components"))
     lines += _redis_section(summary)
     cores = env.get("cores", "the")
-    lines += _profile_section(results.get("profile"), docs, "profile-predict.svg", cores)
-    lines += _profile_section(results.get("profile_batch"), docs, "profile-batch.svg", cores)
+    profiles = _profiles(results)
+    lines += _profile_section(profiles.get("predict"), docs, "profile-predict.svg", cores)
+    lines += _profile_section(profiles.get("batch"), docs, "profile-batch.svg", cores)
     lines += ["", "## Plot", ""]
     if plotted:
         lines.append(f"![throughput and p99 against concurrency]({PLOT_NAME})")
@@ -481,12 +1072,6 @@ def _in_process_section(results: dict[str, Any]) -> list[str]:
             f"{row['build_matrix_us']:.1f} | {row['serialize_us']:.1f} |"
         )
     return lines
-
-
-WINDOWS = {
-    "short_window": "a realistic window (600/minute, 300 entries)",
-    "long_window": "the benchmark's window (100000000/minute, 20,000 entries)",
-}
 
 
 def _components_section(components: dict[str, Any] | None) -> list[str]:
@@ -535,15 +1120,14 @@ def _components_section(components: dict[str, Any] | None) -> list[str]:
             f"part `{name}`: scikit-learn's `predict`, 1000 rows",
             part.get("sklearn_predict_1000_rows_us"),
         )
-    limiter = components.get("limiter", {})
-    for key, value in limiter.items():
-        if key.endswith("_us"):
-            store, _, window = key.removesuffix("_us").partition("_")
-            row(
-                f"limiter per request ({store}, {window.replace('_', ' ')}: "
-                "failed-auth test + hit + window stats)",
-                value,
-            )
+    quota = components.get("quota", {})
+    for key, label in (
+        ("memory_hit_us", "quota hit, in memory (`MemoryQuota.hit`)"),
+        ("redis_hit_us", "quota hit, in Redis (`Quota.hit`: one EVALSHA, awaited on uvloop)"),
+        ("headers_us", "the RateLimit fields of an answer (`QuotaAnswer.headers`)"),
+        ("throttle_clear_us", "failed-auth throttle check, address known clear"),
+    ):
+        row(label, quota.get(key))
     validation = components.get("validation", {})
     row("`HouseV1.model_validate_json`", validation.get("house_model_validate_json_us"))
     row(
@@ -563,28 +1147,25 @@ def _redis_section(summary: dict[str, Any]) -> list[str]:
     n = redis["requests"]
     # Runs before the rename stored the same count as "round_trips_per_request".
     commands = redis.get("commands_per_request", redis.get("round_trips_per_request"))
-    sent = ", ".join(f"{k} {v / n:.1f}" for k, v in redis["client_commands"].items())
+    sent = ", ".join(f"{k} {v / n:.2f}" for k, v in redis["client_commands"].items())
+    inside = ", ".join(f"{k} {v / n:.2f}" for k, v in redis["commands_inside_scripts"].items())
+    purposes = ", ".join(
+        f"{k} {v / n:.2f}" for k, v in sorted(redis.get("commands_by_purpose", {}).items())
+    )
     lines = [
         "",
-        "## Redis: what one limiter check costs",
+        "## Redis: what one quota check costs",
         "",
-        f"MONITOR over {n} sequential guarded requests to (e): "
-        f"**{commands:.1f} Redis commands per request** "
-        f"({sent} per request); inside the scripts, per request: "
-        + (
-            ", ".join(f"{k} {v / n:.1f}" for k, v in redis["commands_inside_scripts"].items())
-            or "none"
-        )
-        + ".",
-        "",
-        "MONITOR sees commands, not round trips, and cannot tell pipelined commands apart. "
-        "The moving-window hit and the read of the same window for the quota headers go to "
-        "Redis together in one pipeline (`PipelinedMovingWindow` in `app/limits.py`): two "
-        "EVALSHA, one round trip. The failed-authentication throttle reads the caller "
-        "address's window at most once a second per worker while it is under half used "
-        "(`FailureThrottle` in `app/limits.py`), so over these sequential requests it "
-        "adds at most a read per second. Round trips per request: about "
-        f"**{max(commands - 1, 0):.1f}**.",
+        f"MONITOR over {n} sequential guarded requests to (r): "
+        f"**{commands:.2f} commands per request from the app** ({sent or 'none'}"
+        + (f"; by what they are for: {purposes}" if purposes else "")
+        + "); "
+        f"run by the scripts inside Redis, per request: {inside or 'none'}. MONITOR shows "
+        'the commands a Lua script runs with `client_type == "lua"`; they are counted apart. '
+        "The app pipelines nothing, so each command it sends is one round trip. The "
+        "failed-authentication throttle reads the caller address's window at most once a "
+        "second per worker while it is under half used (`FailureThrottle` in "
+        "`app/limits.py`), so over many requests it adds a read a second at most.",
         "",
         "| command | calls | µs in Redis per call |",
         "| --- | ---: | ---: |",
@@ -759,8 +1340,8 @@ def write_plot(summary: dict[str, Any], path: Path) -> bool:
         throughput.set_ylim(bottom=0)
         throughput.legend(fontsize=8)
     fig.suptitle(
-        "(a) bare  (b) tutorial  (c) ours+JWT  (d) ours+API key  "
-        "(e) ours+JWT+Redis limiter+prediction log",
+        "(a) bare  (m) bare + model  (b) tutorial  (c) ours+JWT  (d) ours+API key  "
+        "(r) ours+JWT, quota in Redis  (e) (r) + prediction log",
         fontsize=9,
     )
     fig.tight_layout()
@@ -772,10 +1353,18 @@ def write_plot(summary: dict[str, Any], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("results", type=Path)
+    parser.add_argument("--before", type=Path, help="default: the newest earlier results file")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
-    results["summary"] = summarize(results)
+    before_path = args.before or previous_results(args.results)
+    before = json.loads(before_path.read_text()) if before_path else None
+    if before_path is not None:
+        resolved = before_path.resolve()
+        results["before"] = str(
+            resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else before_path
+        )
+    results["summary"] = summarize(results, before)
     write_docs(results, args.results, args.docs)
     print(console_summary(results["summary"]))
     return 0

@@ -5,31 +5,37 @@ Run: ``python -m bench.run [--duration S] [--repeats N] [--model-dir DIR] [--qui
 For each worker count (1, then 2) the script starts, on free loopback ports:
 
 * (a) ``bare``: FastAPI validating the same body, answering a constant (the ceiling);
+* (m) ``bare_model``: (a) plus the model we serve and our response model, no guards;
 * (b) ``tutorial``: ``async def`` + scikit-learn ``predict`` on a list, no guards;
-* ``ours``: ``housing-api serve`` (in-memory limiter): (c) with a JWT, (d) with an API
-  key, (f) /v1/predict/batch with 1, 100 and 1000 rows;
-* ``ours_redis_log``: the same with ``REDIS_URL`` (a redis-server started here) and the
-  prediction log on (e); ``ours_redis``: Redis, prediction log off (r);
-* (u) ``unauthenticated``: our app with the security dependency replaced (issue 8);
-* (n) ``limiter_off``: our app, JWT, with rate limiting disabled (issue 6).
+* ``ours``: ``housing-api serve``, quota in memory: (c) with a JWT, (d) with an API key,
+  (f) /v1/predict/batch with 1, 100 and 1000 rows, and the refusals: no credentials
+  (401), a forged token (401), a caller over its plan's quota (429), a declared body
+  over MAX_BODY_BYTES (413);
+* ``ours_redis``: the same with ``REDIS_URL`` (a redis-server started here), the quota
+  in Redis (r); ``ours_redis_log``: the same with the prediction log on (e).
 
-The prediction log is off everywhere but (e), so (e)/(c) prices Redis and the log
-together (issue 9), (r)/(n) the Redis limiter alone (issue 6) and (e)/(r) the log.
+So (c)/(a) prices everything we add to a bare endpoint, (c)/(m) the guards alone,
+(r)/(c) the quota in Redis against the quota in memory, (e)/(r) the prediction log,
+and each refusal against (a) what refusing costs against answering.
 
-Every scenario runs at every concurrency in each repeat, in an order rotated per
-repeat, so the figures compared were measured minutes apart at most; ratios are
-medians of per-repeat ratios. Each server's CPU time per request and each worker's
-peak RSS (VmHWM) are read from /proc. Then: Redis commands per guarded request
-(MONITOR over sequential requests), in-process ``LoadedModel.predict`` and scikit-learn
-``predict`` rows/s, the cost of each part of a request on its own (``bench.components``),
-and py-spy summaries (and flamegraphs) of /v1/predict and of a 1000-row batch, with a
-token (``bench.profiling``). Results go to
-``bench/results/<timestamp>.json`` (written after each phase too, so a failure keeps
-what was measured) and ``docs/benchmarks.md`` is generated from them.
+Every scenario runs at every concurrency in each repeat (the refusals at the headline
+concurrency only), in an order rotated per repeat, so the figures compared were
+measured minutes apart at most; ratios are medians of per-repeat ratios. wrk's Lua
+script counts the answers by status: a scenario whose answers are not all its expected
+status is marked failed (and the run exits non-zero). Each server's CPU time per
+request and each worker's peak RSS (VmHWM) are read from /proc, Redis's CPU from its
+``INFO cpu`` and its commands from ``INFO commandstats``. Then: the commands each
+request sends to Redis (MONITOR over sequential requests), in-process
+``LoadedModel.predict`` and scikit-learn ``predict`` rows/s, the cost of each part of a
+request on its own (``bench.components``), and py-spy summaries (and flamegraphs) of
+/v1/predict and of a 1000-row batch with a token, and of the Redis path and the refusals
+(``bench.profiling``). Results go to ``bench/results/<timestamp>.json`` (written after
+each phase too, so a failure keeps what was measured) and ``docs/benchmarks.md`` is
+generated from them, beside the previous results file as "before".
 
 The code under test is copied at the start and every server, CLI call and in-process
 measurement imports the copy, so edits to the working tree during a run cannot mix
-two versions in one set of ratios. Total time: about 12 minutes on 2 cores.
+two versions in one set of ratios. Total time: about 14 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -68,13 +74,23 @@ WRK_SCRIPT = ROOT / "bench" / "wrk" / "post_json.lua"
 RESULTS = ROOT / "bench" / "results"
 BATCH_ROWS = (1, 100, 1000)
 BATCH_CONCURRENCY = 8
+HEADLINE_CONCURRENCY = 32
 SINGLE_BODY = {"lotsize": 5850.0, "bedrooms": 3, "bathrms": 1, "stories": 2, "garagepl": 1}
-# Limits are checked on every request but never reached; shedding never triggers, so
-# every answer is a 200 (checked: a run with any other status is flagged).
+MIB = 1024 * 1024
+# Limits are checked on every request but never reached by the scenarios that expect a
+# 200, and shedding never triggers (every answer is checked against its expected
+# status). RATE_LIMIT_AUTH_FAILURES is per second so that a flood of forged tokens from
+# one address keeps being answered 401 (under the default 30/minute it is answered 429,
+# by the throttle, from the 31st failure on) while the throttle's moving window holds
+# only a second of failures. The "tiny" plan is the over-quota caller's.
 SERVER_SETTINGS = {
     "APP_ENV": "development",
     "RATE_LIMIT_PREDICT": "100000000/minute",
+    "RATE_LIMIT_AUTH_FAILURES": "100000000/second",
+    "RATE_LIMIT_PLANS": json.dumps({"tiny": "1/hour"}),
     "MAX_INFLIGHT_PREDICTIONS": "10000",
+    "MAX_CONCURRENT_BODY_READS": "10000",
+    "MAX_BODY_BYTES": str(MIB),
     "ACCESS_TOKEN_TTL_SECONDS": "7200",
 }
 
@@ -84,26 +100,58 @@ class Scenario:
     key: str
     label: str
     server: str
-    credential: str | None  # "token", "key" or None
+    # "token", "key", "tiny_key" (a key of the exhausted "tiny" plan), "forged" (the
+    # token with its signature altered) or None
+    credential: str | None
+    expect: int = 200
+    declared_length: int | None = None  # a Content-Length over the body's own
+    headline_only: bool = False  # at HEADLINE_CONCURRENCY only
 
 
 SCENARIOS = (
     Scenario("a", "bare FastAPI, same body validation, constant answer (ceiling)", "bare", None),
-    Scenario("b", "tutorial: async def + sklearn predict(list), no guards", "tutorial", None),
-    Scenario("c", "ours, JWT (in-memory limiter)", "ours", "token"),
-    Scenario("d", "ours, API key (in-memory limiter)", "ours", "key"),
-    Scenario("e", "ours, JWT, Redis limiter, prediction log on", "ours_redis_log", "token"),
-    Scenario("r", "ours, JWT, Redis limiter", "ours_redis", "token"),
     Scenario(
-        "u", "ours, authentication replaced by a fixed caller (twin)", "unauthenticated", None
+        "m",
+        "bare + the same model: (a) + LoadedModel.predict + the response model, no guards",
+        "bare_model",
+        None,
     ),
-    Scenario("n", "ours, JWT, rate limiting off (twin)", "limiter_off", "token"),
+    Scenario("b", "tutorial: async def + sklearn predict(list), no guards", "tutorial", None),
+    Scenario("c", "ours, JWT (quota in memory)", "ours", "token"),
+    Scenario("d", "ours, API key (quota in memory)", "ours", "key"),
+    Scenario("r", "ours, JWT, quota in Redis", "ours_redis", "token"),
+    Scenario("e", "ours, JWT, quota in Redis, prediction log on", "ours_redis_log", "token"),
+    Scenario("n401", "ours, no credentials: 401", "ours", None, 401, headline_only=True),
+    Scenario(
+        "f401",
+        "ours, a forged token (a real one, its signature altered): 401",
+        "ours",
+        "forged",
+        401,
+        headline_only=True,
+    ),
+    Scenario(
+        "q429",
+        "ours, an API key of a plan of 1/hour, exhausted before the run: 429",
+        "ours",
+        "tiny_key",
+        429,
+        headline_only=True,
+    ),
+    Scenario(
+        "s413",
+        "ours, Content-Length: MAX_BODY_BYTES + 1 declared, a small body sent, no credentials: 413",
+        "ours",
+        None,
+        413,
+        declared_length=MIB + 1,
+        headline_only=True,
+    ),
 )
 FACTORIES = {
     "bare": "bench.baselines.bare:build",
+    "bare_model": "bench.baselines.bare_model:build",
     "tutorial": "bench.baselines.tutorial:build",
-    "unauthenticated": "bench.baselines.unauthenticated:build",
-    "limiter_off": "bench.baselines.limiter_off:build",
 }
 
 
@@ -180,6 +228,7 @@ class Credentials:
     client_id: str
     client_secret: str
     api_key: str
+    tiny_key: str  # of the "tiny" plan (1/hour): exhausted before its scenario runs
 
 
 def create_credentials(env: Mapping[str, str], cwd: Path) -> Credentials:
@@ -189,7 +238,24 @@ def create_credentials(env: Mapping[str, str], cwd: Path) -> Credentials:
     key = json.loads(
         cli(env, cwd, "keys", "create", "--owner", "bench", "--scopes", "predict", "--json")
     )
-    return Credentials(client["client_id"], client["client_secret"], key["api_key"])
+    tiny = json.loads(
+        cli(
+            env,
+            cwd,
+            "keys",
+            "create",
+            "--owner",
+            "bench-tiny",
+            "--scopes",
+            "predict",
+            "--plan",
+            "tiny",
+            "--json",
+        )
+    )
+    return Credentials(
+        client["client_id"], client["client_secret"], key["api_key"], tiny["api_key"]
+    )
 
 
 def fetch_token(base_url: str, creds: Credentials) -> str:
@@ -204,11 +270,23 @@ def fetch_token(base_url: str, creds: Credentials) -> str:
     return token
 
 
+def forged(token: str) -> str:
+    """``token`` with its signature altered: well formed, a known key id, checked in full
+    (an HMAC) and refused on every request, never cached."""
+    head, _, signature = token.rpartition(".")
+    flipped = "A" if signature[0] != "A" else "B"
+    return f"{head}.{flipped}{signature[1:]}"
+
+
 def header_for(credential: str | None, token: str, creds: Credentials) -> tuple[str, str]:
     if credential == "token":
         return "Authorization", f"Bearer {token}"
+    if credential == "forged":
+        return "Authorization", f"Bearer {forged(token)}"
     if credential == "key":
         return "X-API-Key", creds.api_key
+    if credential == "tiny_key":
+        return "X-API-Key", creds.tiny_key
     return "", ""
 
 
@@ -257,12 +335,18 @@ def wrk(
     concurrency: int,
     duration: float,
     threads: int = 2,
+    *,
+    expect: int = 200,
+    declared_length: int | None = None,
 ) -> dict[str, Any]:
+    """One wrk run; ``unexpected`` counts the answers whose status is not ``expect``
+    and the socket errors (a scenario with any is marked failed)."""
     env = dict(
         os.environ,
         BENCH_BODY_FILE=str(body),
         BENCH_HEADER_NAME=header[0],
         BENCH_HEADER_VALUE=header[1],
+        BENCH_DECLARED_LENGTH="" if declared_length is None else str(declared_length),
     )
     argv = [
         shutil.which("wrk") or "/usr/bin/wrk",
@@ -282,9 +366,16 @@ def wrk(
     match = _WRK_JSON.search(result.stdout)
     if result.returncode != 0 or match is None:
         raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    raw = json.loads(match.group(1))
+    return parse_wrk(json.loads(match.group(1)), expect)
+
+
+def parse_wrk(raw: Mapping[str, Any], expect: int) -> dict[str, Any]:
+    """The figures of wrk's JSON line (``bench/wrk/post_json.lua``)."""
     seconds = raw["duration_us"] / 1e6
     errors = raw["errors"]
+    statuses = {str(k): int(v) for k, v in sorted(raw.get("statuses", {}).items())}
+    socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+    expected = statuses.get(str(expect), 0)
     return {
         "requests": raw["requests"],
         "seconds": seconds,
@@ -294,7 +385,11 @@ def wrk(
         "p99_ms": raw["p99_us"] / 1000,
         "max_ms": raw["max_us"] / 1000,
         "non_2xx": errors["status"],
-        "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+        "socket_errors": socket_errors,
+        "statuses": statuses,
+        "expected_status": expect,
+        # Answers of another status, and requests that got no answer at all.
+        "unexpected": sum(statuses.values()) - expected + socket_errors,
     }
 
 
@@ -327,8 +422,8 @@ def build_servers(
             workers,
         ),
     }
-    for name in ("bare", "tutorial", "unauthenticated", "limiter_off"):
-        made[name] = servers.factory(name, FACTORIES[name], root / name, env_for(name), workers)
+    for name, target in FACTORIES.items():
+        made[name] = servers.factory(name, target, root / name, env_for(name), workers)
     return made
 
 
@@ -345,20 +440,76 @@ def running(processes: Mapping[str, servers.Process]) -> Iterator[None]:
             process.stop()
 
 
-def sanity_check(
-    scenario: Scenario, url: str, body: Path, header: tuple[str, str]
-) -> dict[str, Any]:
+def post(url: str, body: bytes, header: tuple[str, str]) -> httpx.Response:
+    """One request on a new connection (so that every worker of a server is reached)."""
     headers = {"Content-Type": "application/json"}
     if header[0]:
         headers[header[0]] = header[1]
-    answer = httpx.post(url, content=body.read_bytes(), headers=headers, timeout=10.0)
-    if answer.status_code != 200:
-        raise RuntimeError(f"{scenario.key} {url}: {answer.status_code} {answer.text[:300]}")
+    return httpx.post(url, content=body, headers=headers, timeout=10.0)
+
+
+def exhaust(url: str, body: Path, header: tuple[str, str], in_a_row: int = 12) -> int:
+    """Spend the over-quota caller's plan on every worker: a second of wrk at 32
+    connections (the workers of a server each accept some of them, and each counts on
+    its own when the quota is in memory), then requests on new connections until
+    ``in_a_row`` answers in a row are 429. Before every run of that scenario, in case
+    a window ended meanwhile. Returns the requests sent after the burst."""
+    wrk(url, body, header, 32, 1, expect=429)  # answers not checked: it only spends
+    raw = body.read_bytes()
+    sent = streak = 0
+    while streak < in_a_row:
+        status = post(url, raw, header).status_code
+        sent += 1
+        streak = streak + 1 if status == 429 else 0
+        if sent > 200:
+            raise RuntimeError(f"{url}: still not refused after {sent} requests ({status})")
+    return sent
+
+
+def sanity_check(
+    scenario: Scenario, url: str, body: Path, header: tuple[str, str]
+) -> dict[str, Any]:
+    """One request as the scenario sends it, answered with the expected status."""
+    if scenario.expect == 429:
+        exhaust(url, body, header)
+    if scenario.declared_length is not None:
+        # httpx sends what it is given; a raw socket sends the lie wrk sends.
+        status, text = declared_length_request(url, body.read_bytes(), scenario.declared_length)
+        answer_json: Any = json.loads(text) if text.startswith("{") else text
+        headers_seen: Mapping[str, str] = {}
+    else:
+        answer = post(url, body.read_bytes(), header)
+        status, text = answer.status_code, answer.text
+        answer_json = answer.json()
+        headers_seen = answer.headers
+    if status != scenario.expect:
+        raise RuntimeError(
+            f"{scenario.key} {url}: {status}, expected {scenario.expect}: {text[:300]}"
+        )
     return {
-        "status": answer.status_code,
-        "body": answer.json(),
-        "ratelimit_header": "RateLimit" in answer.headers,
+        "status": status,
+        "body": answer_json,
+        "ratelimit_header": "RateLimit" in headers_seen,
     }
+
+
+def declared_length_request(url: str, body: bytes, declared: int) -> tuple[int, str]:
+    """POST ``body`` under a declared ``Content-Length`` of ``declared``: (status, body)."""
+    import socket
+
+    parsed = httpx.URL(url)
+    head = (
+        f"POST {parsed.raw_path.decode()} HTTP/1.1\r\nHost: {parsed.host}:{parsed.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parsed.host, parsed.port or 80), timeout=10) as conn:
+        conn.sendall(head + body)
+        received = b""
+        while chunk := conn.recv(65536):  # the server closes after a refusal
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload.decode(errors="replace")
 
 
 # --- in-process model --------------------------------------------------------------
@@ -421,18 +572,51 @@ def in_process(model_dir: Path, bodies: Mapping[str, Path], repeats: int) -> lis
     return out
 
 
+def layers(env: Mapping[str, str], work: Path, *, quick: bool) -> dict[str, Any]:
+    """``bench.layers`` in a process of its own (the app's JSON log to a file)."""
+    argv = [sys.executable, "-m", "bench.layers", "--model-dir", env["MODEL_DIR"]]
+    if quick:
+        argv += ["--requests", "100", "--repeats", "3"]
+    errors = work / "layers.stderr.log"
+    with errors.open("wb") as sink:
+        done = subprocess.run(
+            argv, cwd=work, env=dict(env), stdout=subprocess.PIPE, stderr=sink, timeout=600
+        )
+    if done.returncode != 0:
+        tail = errors.read_text(errors="replace")[-3000:]
+        return {"error": f"bench.layers exited {done.returncode}: {tail}"}
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 # --- Redis -------------------------------------------------------------------------
 
 
+def purpose(command: str) -> str:
+    """What a command the app sent is for, by its first key: the quota's keys are
+    ``hq:{subject}:...`` (``app.quota``), the failed-auth throttle's are SlowAPI's
+    ``LIMITS:LIMITER/...auth-fail...``."""
+    words = command.split()
+    name = words[0].upper() if words else ""
+    key = words[3] if name in ("EVALSHA", "EVAL") and len(words) > 3 else ""
+    key = key.strip('"')
+    if key.startswith("hq:"):
+        return "quota"
+    if "auth-fail" in key:
+        return "failed-auth throttle"
+    return "other"
+
+
 def redis_commands(
-    redis_port: int, url: str, body: Path, header: tuple[str, str], n: int = 20
+    redis_port: int, url: str, body: Path, header: tuple[str, str], n: int = 100
 ) -> dict[str, Any]:
     """Commands each guarded request sends to Redis, seen by MONITOR over ``n`` requests.
 
-    MONITOR shows commands, not round trips: the app pipelines the moving-window hit and
-    its read (``app.limits.PipelinedMovingWindow``), two commands in one round trip, and
-    MONITOR cannot tell pipelined commands apart. The benchmark's own commands (its
-    control connection's INFO) are left out.
+    MONITOR also shows the commands a Lua script runs (``client_type == "lua"``): they
+    are counted apart, as what the scripts do inside Redis. What the app's connections
+    send is counted per request; the app pipelines nothing, so each of those commands
+    is one round trip. The benchmark's own commands (its control connection) are left
+    out.
     """
     import redis as redis_client
 
@@ -472,12 +656,14 @@ def redis_commands(
             break
         else:
             window.append(command)
-    client_side = Counter(
-        c["command"].split()[0].upper()
+    sent = [
+        c["command"]
         for c in window
         if c.get("client_type") != "lua"
         and f"{c.get('client_address')}:{c.get('client_port')}" != ours
-    )
+    ]
+    client_side = Counter(command.split()[0].upper() for command in sent)
+    purposes = Counter(purpose(command) for command in sent)
     in_scripts = Counter(
         c["command"].split()[0].upper() for c in window if c.get("client_type") == "lua"
     )
@@ -490,11 +676,62 @@ def redis_commands(
     return {
         "requests": n,
         "commands_per_request": sum(client_side.values()) / n,
+        "quota_commands_per_request": purposes.get("quota", 0) / n,
         "client_commands": dict(client_side),
+        "commands_by_purpose": dict(purposes),
         "commands_inside_scripts": dict(in_scripts),
         "commandstats_delta": stats,
         "sample": [c["command"][:160] for c in window[:8]],
     }
+
+
+class RedisMeter:
+    """Redis's own CPU time (``INFO cpu``: used_cpu_sys + used_cpu_user, the server
+    process's every thread) and its commands (``INFO commandstats``), read over one
+    control connection before and after a run."""
+
+    def __init__(self, port: int) -> None:
+        import redis as redis_client
+
+        self.conn = redis_client.Redis(host=HOST, port=port, socket_timeout=10)
+
+    def read(self) -> tuple[float, dict[str, tuple[int, int]]]:
+        """Redis's CPU seconds so far, and (calls, µs) of each command."""
+        cpu = self.conn.info("cpu")
+        stats = self.conn.info("commandstats")
+        commands = {
+            name.removeprefix("cmdstat_"): (int(values["calls"]), int(values["usec"]))
+            for name, values in stats.items()
+        }
+        return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), commands
+
+    @staticmethod
+    def per_request(
+        before: tuple[float, dict[str, tuple[int, int]]],
+        after: tuple[float, dict[str, tuple[int, int]]],
+        requests: int,
+    ) -> dict[str, Any]:
+        n = max(1, requests)
+        calls: dict[str, float] = {}
+        usec: dict[str, float] = {}
+        for name, (count, spent) in after[1].items():
+            count0, spent0 = before[1].get(name, (0, 0))
+            # The meter's own INFO (two a run) is nothing the app sends.
+            if count > count0 and name != "info":
+                calls[name] = (count - count0) / n
+                usec[name] = (spent - spent0) / n
+        return {
+            "redis_cpu_s": after[0] - before[0],
+            "redis_cpu_us_per_request": (after[0] - before[0]) / n * 1e6,
+            # Every command Redis ran, scripts' commands included (MONITOR tells them apart),
+            # and the µs Redis accounts to each (commandstats), per request.
+            "redis_calls_per_request": calls,
+            "redis_command_us_per_request": usec,
+            "redis_scripts_per_request": calls.get("evalsha", 0.0) + calls.get("eval", 0.0),
+        }
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def prediction_log_rows(env: Mapping[str, str]) -> int | None:
@@ -517,93 +754,167 @@ def prediction_log_rows(env: Mapping[str, str]) -> int | None:
 # --- profile -----------------------------------------------------------------------
 
 
-def profile(
+@dataclass(frozen=True)
+class ProfileTarget:
+    """One py-spy window: a scenario's requests to ``path`` on a profiled server."""
+
+    name: str
+    scenario: str  # a key of SCENARIOS: its credential, expected status, declared length
+    path: str = "/v1/predict"
+    body: str = "single"
+    concurrency: int = HEADLINE_CONCURRENCY
+    # The main profiles get both views and a flamegraph; the others the GIL view only.
+    full: bool = False
+
+
+# Profiled servers, each started once, one worker, prediction log as its scenario has it.
+PROFILES: dict[str, tuple[ProfileTarget, ...]] = {
+    "ours": (
+        ProfileTarget("predict", "c", full=True),
+        ProfileTarget("batch", "c", "/v1/predict/batch", "batch1000", BATCH_CONCURRENCY, True),
+        ProfileTarget("predict_key", "d"),
+        ProfileTarget("n401", "n401"),
+        ProfileTarget("f401", "f401"),
+        ProfileTarget("q429", "q429"),
+        ProfileTarget("s413", "s413"),
+    ),
+    "ours_redis": (ProfileTarget("predict_redis", "r"),),
+    "ours_redis_log": (ProfileTarget("predict_redis_log", "e"),),
+    "bare_model": (ProfileTarget("bare_model", "m"),),
+    "bare": (ProfileTarget("bare", "a"),),
+}
+
+
+def _drive(
+    process: servers.Process,
+    target: ProfileTarget,
+    s: Scenario,
+    body: Path,
+    header: tuple[str, str],
+    duration: float,
+) -> dict[str, Any]:
+    """wrk sending ``s``'s requests to ``target.path`` for ``duration`` seconds."""
+    url = process.base_url + target.path
+    if s.expect == 429:
+        exhaust(url, body, header)
+    return wrk(
+        url,
+        body,
+        header,
+        target.concurrency,
+        duration,
+        expect=s.expect,
+        declared_length=s.declared_length,
+    )
+
+
+def profile_server(
     work: Path,
     env: Mapping[str, str],
     creds: Credentials,
-    body: Path,
+    bodies: Mapping[str, Path],
+    server: str,
+    targets: Sequence[ProfileTarget],
     seconds: int,
-    name: str,
-    flamegraph: Path,
-    path: str = "/v1/predict",
-    concurrency: int = 32,
-) -> dict[str, Any]:
-    """Our app as (c) runs it, sampled by py-spy while wrk drives ``path`` with a JWT.
+    flamegraph_stem: Path,
+    redis_url: str,
+) -> dict[str, dict[str, Any]]:
+    """One server, one worker, sampled by py-spy while wrk drives each target in turn.
 
-    Two windows of ``seconds`` under the same load, each after the other: first py-spy
-    ``--gil`` (the shares) with a second py-spy writing the same view as a flamegraph
-    SVG to ``flamegraph``, then py-spy on every thread (``bench.profiling`` says why
-    both). wrk runs a second longer than py-spy so that every sample is under load.
-    A py-spy failure is recorded in the view instead of stopping the run.
+    A full target gets two windows of ``seconds`` under the same load, one after the
+    other: first py-spy ``--gil`` (the shares) with a second py-spy writing the same
+    view as a flamegraph SVG, then py-spy on every thread (``bench.profiling`` says why
+    both); the others get the ``--gil`` window only, of at least 4 s. wrk runs a second
+    longer than py-spy so that every sample is under load. A py-spy failure is recorded
+    in the view instead of stopping the run.
     """
-    root = work / f"profile-{name}"
+    root = work / f"profile-{server}"
     (root / "var").mkdir(parents=True)
-    process = servers.ours(
-        f"profile-{name}",
-        root,
-        {**env, "VAR_DIR": str(root / "var"), "PREDICTION_LOG_ENABLED": "false"},
-        1,
-    )
-    out: dict[str, Any] = {
-        "tool": profiling.version(),
-        "path": path,
-        "concurrency": concurrency,
-        "rate_hz": profiling.RATE,
-        "seconds": seconds,
-        "views": {},
-    }
+    server_env = {**env, "VAR_DIR": str(root / "var"), "PREDICTION_LOG_ENABLED": "false"}
+    if server.startswith("ours_redis"):
+        server_env["REDIS_URL"] = redis_url
+    if server == "ours_redis_log":
+        server_env["PREDICTION_LOG_ENABLED"] = "true"
+    if server.startswith("ours"):
+        process = servers.ours(f"profile-{server}", root, server_env, 1)
+    else:
+        process = servers.factory(f"profile-{server}", FACTORIES[server], root, server_env, 1)
+    scenarios = {s.key: s for s in SCENARIOS}
+    results: dict[str, dict[str, Any]] = {}
     with running({process.name: process}):
-        token = fetch_token(process.base_url, creds)
-        header = header_for("token", token, creds)
-        url = process.base_url + path
-        wrk(url, body, header, concurrency, 1)  # warm-up
-        for view, gil in (("gil", True), ("all_threads", False)):
-            raw = root / f"{view}.txt"
-            recordings = [profiling.record(process.pid, raw, seconds, gil=gil)]
-            svg = root / f"{view}.svg"
-            if gil:
-                recordings.append(
-                    profiling.record(process.pid, svg, seconds, gil=True, fmt="flamegraph")
-                )
-            cpu0 = process.cpu_seconds()
-            measured = wrk(url, body, header, concurrency, seconds + 1)
-            cpu_us = (process.cpu_seconds() - cpu0) / max(1, measured["requests"]) * 1e6
-            spy = profiling.finish(recordings[0])
-            result: dict[str, Any] = {
-                "gil_only": gil,
-                "py_spy": spy,
-                "wrk": measured,
-                "server_cpu_us_per_request": cpu_us,
+        token = fetch_token(process.base_url, creds) if server.startswith("ours") else ""
+        for target in targets:
+            s = scenarios[target.scenario]
+            header = header_for(s.credential, token, creds)
+            body = bodies[target.body]
+            window = seconds if target.full else max(4, seconds // 2)
+            out: dict[str, Any] = {
+                "tool": profiling.version(),
+                "path": target.path,
+                "scenario": s.key,
+                "server": server,
+                "expect": s.expect,
+                "concurrency": target.concurrency,
+                "rate_hz": profiling.RATE,
+                "seconds": window,
+                "views": {},
             }
-            if gil:
-                drawn = profiling.finish(recordings[1])
-                if "error" in drawn:
-                    result["flamegraph_error"] = drawn["error"]
-                else:
-                    flamegraph.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(svg, flamegraph)
-                    out["flamegraph"] = str(flamegraph)
-            if "error" not in spy:
-                if gil and "samples" in spy:
-                    # Share of the sampling ticks in which some thread held the GIL (ticks
-                    # py-spy could not read are left out): wall time, not CPU time.
-                    ticks = max(1, profiling.RATE * seconds - spy["errors"])
-                    result["gil_held_fraction"] = min(1.0, spy["samples"] / ticks)
-                    result["gil_held_us_per_request"] = (
-                        result["gil_held_fraction"] / measured["rps"] * 1e6
+
+            drive = partial(_drive, process, target, s, body, header)
+            drive(1)  # warm-up
+            views = (("gil", True), ("all_threads", False)) if target.full else (("gil", True),)
+            for view, gil in views:
+                raw = root / f"{target.name}-{view}.txt"
+                recordings = [profiling.record(process.pid, raw, window, gil=gil)]
+                svg = root / f"{target.name}-{view}.svg"
+                if gil and target.full:
+                    recordings.append(
+                        profiling.record(process.pid, svg, window, gil=True, fmt="flamegraph")
                     )
-                # The GIL view splits the server's CPU per request; the other over-counts.
-                result |= profiling.summarize(
-                    raw, drop_idle=not gil, us_per_request=cpu_us if gil else None
+                cpu0 = process.cpu_seconds()
+                measured = drive(window + 1)
+                cpu_us = (process.cpu_seconds() - cpu0) / max(1, measured["requests"]) * 1e6
+                spy = profiling.finish(recordings[0])
+                result: dict[str, Any] = {
+                    "gil_only": gil,
+                    "py_spy": spy,
+                    "wrk": measured,
+                    "server_cpu_us_per_request": cpu_us,
+                }
+                if len(recordings) > 1:
+                    drawn = profiling.finish(recordings[1])
+                    if "error" in drawn:
+                        result["flamegraph_error"] = drawn["error"]
+                    else:
+                        flamegraph = flamegraph_stem.with_name(
+                            f"{flamegraph_stem.name}-profile-{target.name}.svg"
+                        )
+                        flamegraph.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(svg, flamegraph)
+                        out["flamegraph"] = str(flamegraph)
+                if "error" not in spy:
+                    if gil and "samples" in spy:
+                        # Share of the sampling ticks in which some thread held the GIL
+                        # (ticks py-spy could not read are left out): wall time, not CPU.
+                        ticks = max(1, profiling.RATE * window - spy["errors"])
+                        result["gil_held_fraction"] = min(1.0, spy["samples"] / ticks)
+                        result["gil_held_us_per_request"] = (
+                            result["gil_held_fraction"] / measured["rps"] * 1e6
+                        )
+                    # The GIL view splits the server's CPU per request; the other over-counts.
+                    result |= profiling.summarize(
+                        raw, drop_idle=not gil, us_per_request=cpu_us if gil else None
+                    )
+                    if not gil:  # threads with a Python stack at a tick, idle ones dropped
+                        result["busy_threads"] = result["kept_samples"] / (profiling.RATE * window)
+                out["views"][view] = result
+                log(
+                    f"profile {target.name} {view}: "
+                    + (spy.get("error", "")[:200] or f"{result['kept_samples']} samples kept")
+                    + (f"  UNEXPECTED {measured['statuses']}" if measured["unexpected"] else "")
                 )
-                if not gil:  # threads with a Python stack at a tick, idle ones dropped
-                    result["busy_threads"] = result["kept_samples"] / (profiling.RATE * seconds)
-            out["views"][view] = result
-            log(
-                f"profile {path} {view}: "
-                + (spy.get("error", "")[:200] or f"{result['kept_samples']} samples kept")
-            )
-    return out
+            results[target.name] = out
+    return results
 
 
 # --- the run -----------------------------------------------------------------------
@@ -612,6 +923,47 @@ def profile(
 def rotated(items: tuple[Scenario, ...], by: int) -> list[Scenario]:
     k = by % len(items)
     return list(items[k:] + items[:k])
+
+
+def runs_at(concurrency: int) -> tuple[Scenario, ...]:
+    return tuple(s for s in SCENARIOS if not s.headline_only or concurrency == HEADLINE_CONCURRENCY)
+
+
+def run_scenario(
+    s: Scenario,
+    process: servers.Process,
+    header: tuple[str, str],
+    body: Path,
+    concurrency: int,
+    duration: float,
+    meter: RedisMeter | None = None,
+) -> dict[str, Any]:
+    """One measured wrk run of ``s``: its figures, the server's CPU and, given a meter,
+    Redis's."""
+    url = process.base_url + "/v1/predict"
+    if s.expect == 429:
+        exhaust(url, body, header)
+    redis0 = meter.read() if meter is not None else None
+    cpu0 = process.cpu_seconds()
+    result = wrk(
+        url,
+        body,
+        header,
+        concurrency,
+        duration,
+        expect=s.expect,
+        declared_length=s.declared_length,
+    )
+    server_cpu = process.cpu_seconds() - cpu0
+    result.update(
+        scenario=s.key,
+        concurrency=concurrency,
+        server_cpu_s=server_cpu,
+        server_cpu_us_per_request=server_cpu / max(1, result["requests"]) * 1e6,
+    )
+    if meter is not None and redis0 is not None:
+        result |= RedisMeter.per_request(redis0, meter.read(), result["requests"])
+    return result
 
 
 def phase(
@@ -626,7 +978,14 @@ def phase(
     processes = build_servers(work, env, workers, f"redis://{HOST}:{redis.port}/0")
     runs: list[dict[str, Any]] = []
     batches: list[dict[str, Any]] = []
-    out: dict[str, Any] = {"workers": workers, "runs": runs, "batches": batches}
+    failed: dict[str, int] = {}
+    out: dict[str, Any] = {
+        "workers": workers,
+        "runs": runs,
+        "batches": batches,
+        "failed_scenarios": failed,
+    }
+    meter = RedisMeter(redis.port)
     log(f"workers={workers}: starting {len(processes)} servers")
     with running(processes):
         token = fetch_token(processes["ours"].base_url, creds)
@@ -638,40 +997,44 @@ def phase(
             process, header = targets[s.key]
             url = process.base_url + "/v1/predict"
             out["sanity"][s.key] = sanity_check(s, url, bodies["single"], header)
-            wrk(url, bodies["single"], header, 32, args.warmup)
+            warm = run_scenario(s, process, header, bodies["single"], 32, args.warmup)
+            if warm["unexpected"]:
+                failed[s.key] = failed.get(s.key, 0) + warm["unexpected"]
+                log(f"{s.key} warm-up: {warm['statuses']}, expected {s.expect}")
         for repeat in range(args.repeats):
             for concurrency in args.concurrency:
-                for s in rotated(SCENARIOS, repeat):
+                for s in rotated(runs_at(concurrency), repeat):
                     process, header = targets[s.key]
-                    cpu0, redis0 = process.cpu_seconds(), redis.cpu_seconds()
-                    result = wrk(
-                        process.base_url + "/v1/predict",
-                        bodies["single"],
+                    uses_redis = s.server.startswith("ours_redis")
+                    result = run_scenario(
+                        s,
+                        process,
                         header,
+                        bodies["single"],
                         concurrency,
                         args.duration,
+                        meter if uses_redis else None,
                     )
-                    server_cpu = process.cpu_seconds() - cpu0
-                    result.update(
-                        scenario=s.key,
-                        concurrency=concurrency,
-                        repeat=repeat,
-                        server_cpu_s=server_cpu,
-                        server_cpu_us_per_request=server_cpu / max(1, result["requests"]) * 1e6,
-                    )
-                    if s.key in ("e", "r"):
-                        redis_cpu = redis.cpu_seconds() - redis0
-                        result["redis_cpu_s"] = redis_cpu
-                        result["redis_cpu_us_per_request"] = (
-                            redis_cpu / max(1, result["requests"]) * 1e6
-                        )
+                    result["repeat"] = repeat
                     runs.append(result)
+                    if result["unexpected"]:
+                        failed[s.key] = failed.get(s.key, 0) + result["unexpected"]
                     log(
-                        f"w{workers} r{repeat} c{concurrency:<3} {s.key} "
+                        f"w{workers} r{repeat} c{concurrency:<3} {s.key:<4} "
                         f"{result['rps']:8.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
                         f"p99 {result['p99_ms']:7.2f} ms  "
                         f"cpu {result['server_cpu_us_per_request']:6.0f} µs/req"
-                        + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else "")
+                        + (
+                            f" + Redis {result['redis_cpu_us_per_request']:.0f}"
+                            if "redis_cpu_us_per_request" in result
+                            else ""
+                        )
+                        + (
+                            f"  UNEXPECTED {result['unexpected']} "
+                            f"{result['statuses']} errors {result['socket_errors']}"
+                            if result["unexpected"]
+                            else ""
+                        )
                     )
         ours = processes["ours"]
         header = header_for("token", token, creds)
@@ -695,18 +1058,23 @@ def phase(
                     * 1e6,
                 )
                 batches.append(result)
+                if result["unexpected"]:
+                    failed[f"batch{n}"] = failed.get(f"batch{n}", 0) + result["unexpected"]
                 log(
                     f"w{workers} r{repeat} batch {n:<4} {result['rows_per_s']:10.0f} rows/s  "
                     f"p99 {result['p99_ms']:7.2f} ms"
                 )
         out["prediction_log_rows"] = prediction_log_rows(env)
         if workers == 1:
-            e_process, e_header = targets["e"]
+            r_process, r_header = targets["r"]
             out["redis"] = redis_commands(
-                redis.port, e_process.base_url + "/v1/predict", bodies["single"], e_header
+                redis.port, r_process.base_url + "/v1/predict", bodies["single"], r_header
             )
             log(f"redis commands per request: {out['redis']['commands_per_request']:.2f}")
         out["peak_rss_mb"] = {name: p.peak_rss_mb() for name, p in processes.items()}
+    meter.close()
+    if failed:
+        log(f"workers={workers}: answers not of the expected status: {failed}")
     return out
 
 
@@ -780,73 +1148,6 @@ def cpu_steal() -> tuple[int, int]:
     return fields[7] if len(fields) > 7 else 0, sum(fields)
 
 
-def _run_phases(
-    args: argparse.Namespace,
-    work: Path,
-    source: Path,
-    redis: servers.Process,
-    results: dict[str, Any],
-    path: Path,
-    next_phase: Callable[[str], None],
-) -> None:
-    """Train (unless given models), then every measured phase, each announced."""
-    next_phase("setup: models, credentials, Redis")
-    model_dir = args.model_dir
-    env = base_env(work, model_dir or work / "models", source)
-    (work / "var").mkdir()
-    if model_dir is None:
-        log("training v1 and v2 into a temporary MODEL_DIR (about 30 s)")
-        cli(env, work, "train")
-    log("creating a client and an API key with the CLI")
-    creds = create_credentials(env, work)
-    bodies = write_bodies(work, Path(env["DATA_PATH"]))
-    (work / "redis").mkdir()
-    redis.start()
-    servers.wait_redis(redis)
-    results["phases"] = []
-    for workers in args.workers:
-        next_phase(f"load test, {workers} worker(s) per server")
-        try:
-            results["phases"].append(phase(workers, args, work, env, creds, bodies, redis))
-        except (ServerFailed, RuntimeError, httpx.HTTPError) as exc:
-            log(f"workers={workers} failed: {str(exc)[-2000:]}")
-            results.setdefault("failures", []).append(
-                {"workers": workers, "error": str(exc)[-4000:]}
-            )
-        path.write_text(json.dumps(results, indent=1) + "\n")  # a checkpoint
-    next_phase("in process: predict, and each part of a request alone")
-    log("in-process LoadedModel.predict, and what each part of a request costs alone")
-    results["in_process"] = in_process(Path(env["MODEL_DIR"]), bodies, max(5, args.repeats))
-    results["components"] = components.measure(Path(env["MODEL_DIR"]), redis.port)
-    for key, name, body, route, concurrency in (
-        ("profile", "predict", bodies["single"], "/v1/predict", 32),
-        ("profile_batch", "batch", bodies["batch1000"], "/v1/predict/batch", BATCH_CONCURRENCY),
-    ):
-        next_phase(f"profile {route} (py-spy)")
-        log(f"profiling {route} with a token under py-spy")
-        try:
-            results[key] = profile(
-                work,
-                env,
-                creds,
-                body,
-                args.profile_seconds,
-                name,
-                path.with_name(f"{path.stem}-profile-{name}.svg"),
-                path=route,
-                concurrency=concurrency,
-            )
-        except (
-            ServerFailed,
-            RuntimeError,
-            httpx.HTTPError,
-            OSError,
-            subprocess.SubprocessError,
-        ) as exc:
-            log(f"profile of {route} failed: {str(exc)[-2000:]}")
-            results[key] = {"path": route, "error": f"{type(exc).__name__}: {exc}"[-4000:]}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
@@ -862,6 +1163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--quick", action="store_true", help="1 s runs, 1 repeat: a smoke test")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="results to compare with (default: the newest earlier bench/results/*.json)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.repeats, args.warmup, args.profile_seconds = 1, 1, 1, 2
@@ -890,14 +1196,69 @@ def main(argv: list[str] | None = None) -> int:
             "batch_concurrency": BATCH_CONCURRENCY,
             "server_env": SERVER_SETTINGS,
             "scenarios": {s.key: s.label for s in SCENARIOS},
+            "expected_status": {s.key: s.expect for s in SCENARIOS},
+            "headline_concurrency": HEADLINE_CONCURRENCY,
         },
         "environment": environment(),
     }
     # Phases: setup, one per worker count, in-process and components, two profiles.
     total = 1 + len(args.workers) + 1 + 2
     try:
-        with progress.phases(total) as next_phase:
-            _run_phases(args, work, source, redis, results, path, next_phase)
+        model_dir = args.model_dir
+        env = base_env(work, model_dir or work / "models", source)
+        (work / "var").mkdir()
+        if model_dir is None:
+            log("training v1 and v2 into a temporary MODEL_DIR (about 30 s)")
+            cli(env, work, "train")
+        log("creating a client and an API key with the CLI")
+        creds = create_credentials(env, work)
+        bodies = write_bodies(work, Path(env["DATA_PATH"]))
+        (work / "redis").mkdir()
+        redis.start()
+        servers.wait_redis(redis)
+        results["phases"] = []
+        for workers in args.workers:
+            try:
+                results["phases"].append(phase(workers, args, work, env, creds, bodies, redis))
+            except (ServerFailed, RuntimeError, httpx.HTTPError) as exc:
+                log(f"workers={workers} failed: {str(exc)[-2000:]}")
+                results.setdefault("failures", []).append(
+                    {"workers": workers, "error": str(exc)[-4000:]}
+                )
+            path.write_text(json.dumps(results, indent=1) + "\n")  # a checkpoint
+        log("in-process LoadedModel.predict, and what each part of a request costs alone")
+        results["in_process"] = in_process(Path(env["MODEL_DIR"]), bodies, max(5, args.repeats))
+        results["components"] = components.measure(Path(env["MODEL_DIR"]), redis.port)
+        log("each layer of a guarded request, in process (bench.layers)")
+        results["layers"] = layers(env, work, quick=args.quick)
+        results["profiles"] = {}
+        for server, targets in PROFILES.items():
+            log(f"profiling {server}: {', '.join(t.name for t in targets)} under py-spy")
+            try:
+                results["profiles"] |= profile_server(
+                    work,
+                    env,
+                    creds,
+                    bodies,
+                    server,
+                    targets,
+                    args.profile_seconds,
+                    path.with_suffix(""),
+                    f"redis://{HOST}:{redis.port}/1",
+                )
+            except (
+                ServerFailed,
+                RuntimeError,
+                httpx.HTTPError,
+                OSError,
+                subprocess.SubprocessError,
+            ) as exc:
+                log(f"profile of {server} failed: {str(exc)[-2000:]}")
+                for target in targets:
+                    results["profiles"].setdefault(
+                        target.name,
+                        {"path": target.path, "error": f"{type(exc).__name__}: {exc}"[-4000:]},
+                    )
     finally:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -906,13 +1267,29 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.monotonic() - clock0
     total = max(1, steal1[1] - steal0[1])
     results["environment"]["cpu_steal_percent"] = 100 * (steal1[0] - steal0[0]) / total
-    results["summary"] = report.summarize(results)
+    before_path = args.before or report.previous_results(path)
+    before = json.loads(before_path.read_text()) if before_path else None
+    if before_path is not None:
+        results["before"] = str(
+            before_path.relative_to(ROOT)
+            if before_path.resolve().is_relative_to(ROOT)
+            else before_path
+        )
+    results["summary"] = report.summarize(results, before)
     path.write_text(json.dumps(results, indent=1) + "\n")
     log(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     print(report.console_summary(results["summary"]))
     if not args.no_docs:
         report.write_docs(results, path, args.docs)
         log(f"wrote {args.docs / 'benchmarks.md'}")
+    failed = {
+        f"w{p['workers']} {key}": count
+        for p in results.get("phases", [])
+        for key, count in p.get("failed_scenarios", {}).items()
+    }
+    if failed or results.get("failures"):
+        log(f"FAILED: answers not of the expected status {failed}; {results.get('failures', [])}")
+        return 1
     return 0
 
 
