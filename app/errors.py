@@ -162,12 +162,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+STORE_UNAVAILABLE = "The credential store is unavailable; retry after the delay in Retry-After."
+
+
 def store_unavailable_response(error: StoreUnavailable) -> JSONResponse:
     """503 with ``Retry-After`` while the credential store cannot be reached: the request
     needed it (a credential not verified recently, a key to list) and may be retried."""
     return problem_response(
         503,
-        "The credential store is unavailable; retry after the delay in Retry-After.",
+        STORE_UNAVAILABLE,
         slug="store-unavailable",
         headers={"Retry-After": str(error.retry_after)},
     )

@@ -31,10 +31,11 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PROBLEM_BASE, PROBLEM_JSON, STATUS_TITLES, ApiError
+from app.errors import PROBLEM_BASE, PROBLEM_JSON, STATUS_TITLES, STORE_UNAVAILABLE, ApiError
 from app.quota import QuotaAnswer
 from app.security import Presented, identify, require_scopes
 from app.state import Services
+from auth.errors import StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,15 @@ class PredictionGuard:
                 slug=error.slug,
                 title=error.title,
                 headers=error.headers,
+            )
+            return
+        except StoreUnavailable as outage:  # a credential it had to read, store down
+            await send_problem(
+                send,
+                503,
+                STORE_UNAVAILABLE,
+                slug="store-unavailable",
+                headers={"Retry-After": str(outage.retry_after)},
             )
             return
         answer = await self.services.budget.charge(principal, policy.cost)
