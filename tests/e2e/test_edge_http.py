@@ -103,10 +103,10 @@ def test_request_id_is_set_by_nginx_and_reaches_the_app(edge: Edge) -> None:
     assert not any(line.get("request_id") == forged for line in app_log)
 
 
-def test_the_app_sees_https_and_the_public_port(edge: Edge) -> None:
-    """A redirect the app builds itself (trailing slash) points back to the edge over
-    https, even when the client claims http in X-Forwarded-Proto."""
+def test_a_trailing_slash_is_a_404_through_the_edge_never_a_redirect(edge: Edge) -> None:
+    """The app builds no redirect from the request's Host or X-Forwarded-Proto: a path
+    with a trailing slash is an unknown path (issue 14), whatever the client claims."""
     with edge.client() as client:
         answer = client.get("/healthz/", headers={"X-Forwarded-Proto": "http"})
-    assert answer.status_code == 307
-    assert answer.headers["location"] == f"{edge.base_url}/healthz"
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
