@@ -32,7 +32,11 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 def _route(scope: Scope) -> str | None:
     path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else None
+    if isinstance(path, str):
+        return path
+    # Refused by the guard layer before FastAPI routed it: a guarded path is its template.
+    guarded = scope.get("state", {}).get("guarded_route")
+    return guarded if isinstance(guarded, str) else None
 
 
 class TracingMiddleware:
