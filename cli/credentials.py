@@ -239,6 +239,7 @@ def list_users(as_json: JsonOpt = False) -> None:
 
 @users.command("disable")
 def disable_user(name: str) -> None:
+    """Disable a user: its tokens are refused by every worker within seconds."""
     with _store() as store:
         if not store.users.disable(name, actor=ACTOR):
             raise _fail(f"no user {name!r}")
