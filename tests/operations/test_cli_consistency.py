@@ -4,6 +4,7 @@ list command (one JSON object on stdout), and help text on every command."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ def test_every_list_command_has_json(tmp_path: Path) -> None:
     [key] = json.loads(run_cli(env, tmp_path, "keys", "list", "--json").stdout)["keys"]
     assert key["scopes"] == "models:read predict"
     assert key["status"] == "active"
-    assert key["expires_at"] is None
+    # asked for without an expiry, an operator's key still gets the account's maximum
+    # lifetime (API_KEY_MAX_LIFETIME_DAYS, 365 by default): never-expiring is explicit
+    lifetime = datetime.fromisoformat(key["expires_at"]) - datetime.now(UTC)
+    assert timedelta(days=364) < lifetime <= timedelta(days=365)
 
 
 @pytest.mark.parametrize("name", ["clients", "users", "keys"])
