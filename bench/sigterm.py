@@ -53,6 +53,8 @@ class RunResult:
     mismatched: list[str] = field(default_factory=list)  # logged by the server, not answered
     exit_code: int | None = None
     seconds: float = 0.0
+    start_seconds: float = 0.0  # until every worker answered
+    stop_seconds: float = 0.0  # from SIGTERM to the server's exit
 
     @property
     def passed(self) -> bool:
@@ -64,7 +66,8 @@ class RunResult:
         return (
             f"run {self.run:2d}: {verdict:4s} answered {answered}; refused before sending "
             f"{self.refused}; lost {len(self.lost)}; logged but unanswered "
-            f"{len(self.mismatched)}; exit {self.exit_code}; {self.seconds:.1f}s"
+            f"{len(self.mismatched)}; exit {self.exit_code} {self.stop_seconds:.1f}s after "
+            f"SIGTERM; started in {self.start_seconds:.1f}s"
             + ("".join(f"\n    {item}" for item in self.lost + self.mismatched))
         )
 
@@ -115,23 +118,28 @@ def logged_statuses(stderr: str) -> dict[str, int]:
     return found
 
 
-def one_run(
-    run: int, root: Path, env: dict[str, str], key: str, *, workers: int, threads: int, before: int
+def terminate_under_load(
+    result: RunResult,
+    base_url: str,
+    popen: subprocess.Popen[bytes],
+    stderr_log: Path,
+    key: str,
+    *,
+    threads: int,
+    before: int,
 ) -> RunResult:
-    """Start, load, SIGTERM, and account for every request of one run."""
-    result = RunResult(run)
-    server: Process = ours(f"sigterm-{run}", root / f"run-{run}", env, workers)
+    """Load a running server, SIGTERM it (``popen``: the server, or gunicorn's master)
+    after ``before`` answers, wait for its exit and account for every request."""
     outcomes: dict[str, int | str] = {}
     lock = threading.Lock()
     stop = threading.Event()
-    started = time.monotonic()
 
     def load(n: int) -> None:
-        with httpx.Client(base_url=server.base_url, headers={"X-API-Key": key}, timeout=30) as c:
+        with httpx.Client(base_url=base_url, headers={"X-API-Key": key}, timeout=30) as c:
             for i in range(1_000_000):
                 if stop.is_set():
                     return
-                rid = f"run{run}-t{n}-{i:06d}"
+                rid = f"run{result.run}-t{n}-{i:06d}"
                 try:
                     answer = c.post("/v1/predict", json=HOUSE, headers={"X-Request-ID": rid})
                     outcome: int | str = answer.status_code
@@ -144,28 +152,23 @@ def one_run(
                 if outcome == "refused":
                     return  # the server stopped listening: it is going away
 
-    server.start()
+    loaders = [threading.Thread(target=load, args=(n,)) for n in range(threads)]
     try:
-        server.wait_ready()
-        workers_threads = [threading.Thread(target=load, args=(n,)) for n in range(threads)]
-        for thread in workers_threads:
+        for thread in loaders:
             thread.start()
         deadline = time.monotonic() + 60
         while sum(o == 200 for o in list(outcomes.values())) < before:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no load answered within 60 s:\n{server.log}")
+                raise RuntimeError(f"no load answered within 60 s: {Counter(outcomes.values())}")
             time.sleep(0.01)
-        os.kill(server.pid, signal.SIGTERM)
-        assert server.popen is not None
-        result.exit_code = server.popen.wait(timeout=60)
-        stop.set()
-        for thread in workers_threads:
-            thread.join(timeout=60)
+        os.kill(popen.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        result.exit_code = popen.wait(timeout=60)
+        result.stop_seconds = time.monotonic() - signalled
     finally:
         stop.set()
-        if server.popen is not None:
-            stop_group(server.popen, 30)
-    stderr = (server.root / "stderr.log").read_text(errors="replace")
+        for thread in loaders:
+            thread.join(timeout=60)
     for rid, outcome in outcomes.items():
         if isinstance(outcome, int):
             result.answered[outcome] += 1
@@ -173,9 +176,38 @@ def one_run(
             result.refused += 1
         else:
             result.lost.append(f"{rid}: {outcome}")
+    stderr = stderr_log.read_text(errors="replace")
+    prefix = f"run{result.run}-"  # the server may have logged other requests before
     for rid, status in logged_statuses(stderr).items():
-        if outcomes.get(rid) != status:
+        if rid.startswith(prefix) and outcomes.get(rid) != status:
             result.mismatched.append(f"{rid}: logged {status}, client saw {outcomes.get(rid)}")
+    return result
+
+
+def one_run(
+    run: int, root: Path, env: dict[str, str], key: str, *, workers: int, threads: int, before: int
+) -> RunResult:
+    """Start a server, load it, SIGTERM it, and account for every request."""
+    result = RunResult(run)
+    server: Process = ours(f"sigterm-{run}", root / f"run-{run}", env, workers)
+    started = time.monotonic()
+    server.start()
+    try:
+        server.wait_ready()
+        result.start_seconds = time.monotonic() - started
+        assert server.popen is not None
+        terminate_under_load(
+            result,
+            server.base_url,
+            server.popen,
+            server.root / "stderr.log",
+            key,
+            threads=threads,
+            before=before,
+        )
+    finally:
+        if server.popen is not None:
+            stop_group(server.popen, 30)
     result.seconds = time.monotonic() - started
     return result
 
