@@ -44,8 +44,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 # Long enough for any client that is sending (it sends within milliseconds of its last
-# answer); short enough not to hold a shutdown: uvicorn waits for these connections.
-DRAIN_SECONDS = 1.0
+# answer), and longer than Nginx keeps an idle upstream connection (its upstream
+# keepalive_timeout, 1 s), so behind Nginx the edge always closes first and never
+# races us; short enough not to hold a shutdown: uvicorn waits for these connections.
+DRAIN_SECONDS = 2.0
 
 
 class DrainingHttpToolsProtocol(HttpToolsProtocol):
