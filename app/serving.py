@@ -15,8 +15,9 @@ itself, that this connection is done (its next request opens a new one, refused 
 once once nothing listens: unambiguous, safe to retry elsewhere). Busy clients, which
 send within milliseconds of their last answer, thus never race the close. A client
 idle for longer than the window can still send at the very moment the server closes;
-that race is inherent to HTTP/1.1 keep-alive (RFC 9112 §9.8) and clients must retry
-idempotent requests that fail that way (README, "Failure modes").
+that race is inherent to HTTP/1.1 keep-alive (either side may close an idle connection
+at any time, RFC 9112 §9.5) and clients must retry idempotent requests that fail that
+way (§9.3.1; README, "Failure modes").
 
 Under gunicorn the listening socket is shared by every worker, and each closes its
 copy when it handles SIGTERM, up to a tick (0.1 s) apart: a client whose connection was

@@ -12,7 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from app.settings import Settings
-from auth.errors import ConfigError, DuplicateError, InvalidValueError, PasswordPolicyError
+from auth.errors import (
+    ConfigError,
+    DuplicateError,
+    InvalidValueError,
+    PasswordPolicyError,
+    StoreUnavailable,
+)
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
 from auth.wiring import open_store
@@ -50,6 +56,8 @@ def _store() -> Iterator[CredentialStore]:
         PasswordPolicyError,
     ) as exc:
         raise _fail(str(exc)) from None
+    except StoreUnavailable:
+        raise _fail("the database (DATABASE_URL) cannot be reached; try again") from None
 
 
 def _scopes(text: str) -> frozenset[str]:
