@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,17 +221,22 @@ def run_many(
     threads: int = 8,
     before: int = 200,
     keep: Path | None = None,
+    report: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
-    """``runs`` runs; their files (servers' logs) go to ``keep``, else a temp dir."""
+    """``runs`` runs, each handed to ``report`` as it ends; their files (servers' logs)
+    go to ``keep``, else a temp dir."""
+    results = []
     with tempfile.TemporaryDirectory(prefix="housing-sigterm-") as tmp:
         root = keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         env = server_env(root, model_dir)
         key = create_key(root, env)
-        return [
-            one_run(n, root, env, key, workers=workers, threads=threads, before=before)
-            for n in range(1, runs + 1)
-        ]
+        for n in range(1, runs + 1):
+            result = one_run(n, root, env, key, workers=workers, threads=threads, before=before)
+            if report is not None:
+                report(result)
+            results.append(result)
+    return results
 
 
 def main() -> None:
@@ -251,9 +257,8 @@ def main() -> None:
         threads=args.threads,
         before=args.before,
         keep=args.keep.resolve() if args.keep else None,
+        report=lambda result: print(result.line(), flush=True),
     )
-    for result in results:
-        print(result.line())
     passed = sum(r.passed for r in results)
     lost = sum(len(r.lost) + len(r.mismatched) for r in results)
     print(
