@@ -15,8 +15,9 @@ itself, that this connection is done (its next request opens a new one, refused 
 once once nothing listens: unambiguous, safe to retry elsewhere). Busy clients, which
 send within milliseconds of their last answer, thus never race the close. A client
 idle for longer than the window can still send at the very moment the server closes;
-that race is inherent to HTTP/1.1 keep-alive (RFC 9112 §9.8) and clients must retry
-idempotent requests that fail that way (README, "Failure modes").
+that race is inherent to HTTP/1.1 keep-alive (either side may close an idle connection
+at any time, RFC 9112 §9.5) and clients must retry idempotent requests that fail that
+way (§9.3.1; README, "Failure modes").
 
 Under gunicorn the listening socket is shared by every worker, and each closes its
 copy when it handles SIGTERM, up to a tick (0.1 s) apart: a client whose connection was
@@ -44,8 +45,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 # Long enough for any client that is sending (it sends within milliseconds of its last
-# answer); short enough not to hold a shutdown: uvicorn waits for these connections.
-DRAIN_SECONDS = 1.0
+# answer), and longer than Nginx keeps an idle upstream connection (its upstream
+# keepalive_timeout, 1 s), so behind Nginx the edge always closes first and never
+# races us; short enough not to hold a shutdown: uvicorn waits for these connections.
+DRAIN_SECONDS = 2.0
 
 
 class DrainingHttpToolsProtocol(HttpToolsProtocol):

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class RunResult:
     mismatched: list[str] = field(default_factory=list)  # logged by the server, not answered
     exit_code: int | None = None
     seconds: float = 0.0
+    start_seconds: float = 0.0  # until every worker answered
+    stop_seconds: float = 0.0  # from SIGTERM to the server's exit
 
     @property
     def passed(self) -> bool:
@@ -64,7 +67,8 @@ class RunResult:
         return (
             f"run {self.run:2d}: {verdict:4s} answered {answered}; refused before sending "
             f"{self.refused}; lost {len(self.lost)}; logged but unanswered "
-            f"{len(self.mismatched)}; exit {self.exit_code}; {self.seconds:.1f}s"
+            f"{len(self.mismatched)}; exit {self.exit_code} {self.stop_seconds:.1f}s after "
+            f"SIGTERM; started in {self.start_seconds:.1f}s"
             + ("".join(f"\n    {item}" for item in self.lost + self.mismatched))
         )
 
@@ -115,23 +119,28 @@ def logged_statuses(stderr: str) -> dict[str, int]:
     return found
 
 
-def one_run(
-    run: int, root: Path, env: dict[str, str], key: str, *, workers: int, threads: int, before: int
+def terminate_under_load(
+    result: RunResult,
+    base_url: str,
+    popen: subprocess.Popen[bytes],
+    stderr_log: Path,
+    key: str,
+    *,
+    threads: int,
+    before: int,
 ) -> RunResult:
-    """Start, load, SIGTERM, and account for every request of one run."""
-    result = RunResult(run)
-    server: Process = ours(f"sigterm-{run}", root / f"run-{run}", env, workers)
+    """Load a running server, SIGTERM it (``popen``: the server, or gunicorn's master)
+    after ``before`` answers, wait for its exit and account for every request."""
     outcomes: dict[str, int | str] = {}
     lock = threading.Lock()
     stop = threading.Event()
-    started = time.monotonic()
 
     def load(n: int) -> None:
-        with httpx.Client(base_url=server.base_url, headers={"X-API-Key": key}, timeout=30) as c:
+        with httpx.Client(base_url=base_url, headers={"X-API-Key": key}, timeout=30) as c:
             for i in range(1_000_000):
                 if stop.is_set():
                     return
-                rid = f"run{run}-t{n}-{i:06d}"
+                rid = f"run{result.run}-t{n}-{i:06d}"
                 try:
                     answer = c.post("/v1/predict", json=HOUSE, headers={"X-Request-ID": rid})
                     outcome: int | str = answer.status_code
@@ -144,28 +153,23 @@ def one_run(
                 if outcome == "refused":
                     return  # the server stopped listening: it is going away
 
-    server.start()
+    loaders = [threading.Thread(target=load, args=(n,)) for n in range(threads)]
     try:
-        server.wait_ready()
-        workers_threads = [threading.Thread(target=load, args=(n,)) for n in range(threads)]
-        for thread in workers_threads:
+        for thread in loaders:
             thread.start()
         deadline = time.monotonic() + 60
         while sum(o == 200 for o in list(outcomes.values())) < before:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no load answered within 60 s:\n{server.log}")
+                raise RuntimeError(f"no load answered within 60 s: {Counter(outcomes.values())}")
             time.sleep(0.01)
-        os.kill(server.pid, signal.SIGTERM)
-        assert server.popen is not None
-        result.exit_code = server.popen.wait(timeout=60)
-        stop.set()
-        for thread in workers_threads:
-            thread.join(timeout=60)
+        os.kill(popen.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        result.exit_code = popen.wait(timeout=60)
+        result.stop_seconds = time.monotonic() - signalled
     finally:
         stop.set()
-        if server.popen is not None:
-            stop_group(server.popen, 30)
-    stderr = (server.root / "stderr.log").read_text(errors="replace")
+        for thread in loaders:
+            thread.join(timeout=60)
     for rid, outcome in outcomes.items():
         if isinstance(outcome, int):
             result.answered[outcome] += 1
@@ -173,9 +177,38 @@ def one_run(
             result.refused += 1
         else:
             result.lost.append(f"{rid}: {outcome}")
+    stderr = stderr_log.read_text(errors="replace")
+    prefix = f"run{result.run}-"  # the server may have logged other requests before
     for rid, status in logged_statuses(stderr).items():
-        if outcomes.get(rid) != status:
+        if rid.startswith(prefix) and outcomes.get(rid) != status:
             result.mismatched.append(f"{rid}: logged {status}, client saw {outcomes.get(rid)}")
+    return result
+
+
+def one_run(
+    run: int, root: Path, env: dict[str, str], key: str, *, workers: int, threads: int, before: int
+) -> RunResult:
+    """Start a server, load it, SIGTERM it, and account for every request."""
+    result = RunResult(run)
+    server: Process = ours(f"sigterm-{run}", root / f"run-{run}", env, workers)
+    started = time.monotonic()
+    server.start()
+    try:
+        server.wait_ready()
+        result.start_seconds = time.monotonic() - started
+        assert server.popen is not None
+        terminate_under_load(
+            result,
+            server.base_url,
+            server.popen,
+            server.root / "stderr.log",
+            key,
+            threads=threads,
+            before=before,
+        )
+    finally:
+        if server.popen is not None:
+            stop_group(server.popen, 30)
     result.seconds = time.monotonic() - started
     return result
 
@@ -188,17 +221,22 @@ def run_many(
     threads: int = 8,
     before: int = 200,
     keep: Path | None = None,
+    report: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
-    """``runs`` runs; their files (servers' logs) go to ``keep``, else a temp dir."""
+    """``runs`` runs, each handed to ``report`` as it ends; their files (servers' logs)
+    go to ``keep``, else a temp dir."""
+    results = []
     with tempfile.TemporaryDirectory(prefix="housing-sigterm-") as tmp:
         root = keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         env = server_env(root, model_dir)
         key = create_key(root, env)
-        return [
-            one_run(n, root, env, key, workers=workers, threads=threads, before=before)
-            for n in range(1, runs + 1)
-        ]
+        for n in range(1, runs + 1):
+            result = one_run(n, root, env, key, workers=workers, threads=threads, before=before)
+            if report is not None:
+                report(result)
+            results.append(result)
+    return results
 
 
 def main() -> None:
@@ -219,9 +257,8 @@ def main() -> None:
         threads=args.threads,
         before=args.before,
         keep=args.keep.resolve() if args.keep else None,
+        report=lambda result: print(result.line(), flush=True),
     )
-    for result in results:
-        print(result.line())
     passed = sum(r.passed for r in results)
     lost = sum(len(r.lost) + len(r.mismatched) for r in results)
     print(

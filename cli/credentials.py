@@ -26,6 +26,7 @@ from auth.errors import (
     InvalidValueError,
     KeyLimitError,
     PasswordPolicyError,
+    StoreUnavailable,
 )
 from auth.scopes import UnknownScopeError, format_scopes, parse_scopes
 from auth.store import CredentialStore
@@ -75,6 +76,8 @@ def _store() -> Iterator[CredentialStore]:
         PasswordPolicyError,
     ) as exc:
         raise _fail(str(exc)) from None
+    except StoreUnavailable:
+        raise _fail("the database (DATABASE_URL) cannot be reached; try again") from None
 
 
 def _scopes(text: str) -> frozenset[str]:

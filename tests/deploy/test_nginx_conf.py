@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.serving import DRAIN_SECONDS
 from app.settings import Settings
 from deploy.dev_ca import make_dev_certificates
 from deploy.edge import NGINX_INCLUDES, placeholders, render, upstream_servers
@@ -84,6 +85,9 @@ def test_limits_and_timeouts_agree_with_the_apps() -> None:
     # Idle upstream connections close before the app server's keep-alive (gunicorn: 2 s).
     [keepalive] = directive("keepalive_timeout", TEMPLATE.split("upstream housing_api", 1)[1])
     assert int(keepalive.rstrip("s")) < 2
+    # ...and before a draining app closes an idle one after SIGTERM (app.serving), so a
+    # request Nginx sends on it is always answered, never reset.
+    assert int(keepalive.rstrip("s")) < DRAIN_SECONDS
 
 
 def test_tls_is_mozilla_intermediate_without_dhe() -> None:

@@ -55,6 +55,18 @@ class RedisClusterServers:
                 counts[node.port] = int(conn.dbsize())
         return counts
 
+    def list_entries(self) -> int:
+        """Entries of every list on every primary: a moving window holds one per hit."""
+        total = 0
+        for node in self.nodes:
+            with node.client() as conn:
+                if conn.info("replication").get("role") != "master":
+                    continue
+                for key in conn.scan_iter():
+                    if conn.type(key) == b"list":
+                        total += int(conn.llen(key))
+        return total
+
     def ready(self) -> bool:
         for node in self.nodes:
             try:
