@@ -30,10 +30,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from limits import RateLimitItem, parse
 from redis import asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 logger = logging.getLogger("app.quota")
@@ -182,8 +183,25 @@ def redis_client(url: str) -> Any:
         "socket_connect_timeout": REDIS_TIMEOUT_S,
     }
     if url.startswith("redis+cluster://"):
-        return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
+        return _cluster_client(url, options)
     return aioredis.Redis.from_url(url, **options)
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    """``redis+cluster://[user:password@]host:port,host:port,...`` as ``limits`` reads it:
+    every listed node is a startup node (redis-py's own ``from_url`` takes one)."""
+    credentials, _, hosts = urlsplit(url).netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        nodes.append(ClusterNode(name, int(port)))
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        **options,
+    )
 
 
 class Quota:

@@ -35,6 +35,7 @@ class RedisClusterServers:
     def __init__(self, nodes: list[RedisServer], primaries: int) -> None:
         self.nodes = nodes
         self.primaries = primaries
+        self._replica_of: dict[int, int] = {}
 
     def url(self) -> str:
         hosts = ",".join(f"{HOST}:{node.port}" for node in self.nodes[: self.primaries])
@@ -66,6 +67,77 @@ class RedisClusterServers:
                     if conn.type(key) == b"list":
                         total += int(conn.llen(key))
         return total
+
+    def _primaries(self) -> Iterator[RedisServer]:
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with node.client() as conn:
+                if conn.info("replication").get("role") == "master":
+                    yield node
+
+    def script_calls(self) -> int:
+        """Scripts run by every live primary so far (EVAL and EVALSHA)."""
+        total = 0
+        for node in self._primaries():
+            with node.client() as conn:
+                stats = conn.info("commandstats")
+            total += sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+                         for name in ("eval", "evalsha"))  # fmt: skip
+        return total
+
+    def quota_keys_per_node(self, containing: str = "") -> dict[int, int]:
+        """Port -> the guard quota's keys (``hq:*``) each live primary holds."""
+        counts = {}
+        for node in self._primaries():
+            with node.client() as conn:
+                counts[node.port] = sum(1 for _ in conn.scan_iter(match=f"hq:*{containing}*"))
+        return counts
+
+    def node_of(self, key: str) -> RedisServer:
+        """The primary that holds ``key``'s slot now."""
+        with self.client() as client:
+            port = client.get_node_from_key(key).port
+        [node] = [n for n in self.nodes if n.port == port]
+        return node
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port``: a primary lost with no goodbye."""
+        [node] = [n for n in self.nodes if n.port == port]
+        assert node.process is not None
+        os.kill(node.process.pid, signal.SIGKILL)
+        node.process.wait(timeout=10)
+
+    def wait_for_failover(self, port: int, timeout: float) -> int:
+        """Wait until a replica of the node that was on ``port`` is a primary; its port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.port == port or not node.running:
+                    continue
+                try:
+                    with node.client() as conn:
+                        info = conn.info("replication")
+                        if info.get("role") == "master" and info.get("connected_slaves", 0) == 0:
+                            state = conn.cluster("INFO").get("cluster_state")
+                            if state == "ok" and self._was_replica_of(node, port):
+                                return node.port
+                except redis.RedisError:
+                    pass
+            time.sleep(0.1)
+        raise RedisUnavailable(f"no replica of {port} took over within {timeout}s")
+
+    def _was_replica_of(self, node: RedisServer, port: int) -> bool:
+        return self._replica_of.get(node.port) == port
+
+    def record_roles(self) -> None:
+        """Remember which primary each replica follows (before anything is killed)."""
+        self._replica_of = {}
+        for node in self.nodes:
+            with node.client() as conn:
+                info = conn.info("replication")
+            if info.get("role") == "slave":
+                self._replica_of[node.port] = int(info["master_port"])
 
     def ready(self) -> bool:
         for node in self.nodes:
@@ -143,6 +215,8 @@ def running_redis_cluster(primaries: int = 3, replicas: int = 0) -> Iterator[Red
             if time.monotonic() > deadline:
                 raise RedisUnavailable("the cluster did not reach cluster_state:ok")
             time.sleep(0.1)
+        if replicas:
+            cluster.record_roles()
         yield cluster
     finally:
         for node in nodes:  # all at once, then wait for each (stop() signals again: harmless)
