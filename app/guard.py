@@ -3,12 +3,13 @@
 One pure-ASGI layer in front of FastAPI for the guarded routes, in this order: a
 declared ``Content-Length`` over the limit (413); the credentials, every one presented
 valid (401, with today's problem bodies and ``WWW-Authenticate``); the scope (403); the
-caller's quota (429 with ``Retry-After`` and the RateLimit fields); then admission to
-the load-shedding budget (503), which counts only authenticated, admitted requests.
-Only then may the body be read, against one deadline for the whole body (408), a size
-limit for chunked or lying bodies (413), and a per-worker cap on bodies being read at
-once (503). Each rejection is a small pre-encoded problem answer: refusing costs less
-than answering.
+caller's quota (429 with ``Retry-After`` and the RateLimit fields); then the
+load-shedding budget (503) is checked. Only then is the body read, against one
+deadline for the whole body (408), a size limit for chunked or lying bodies (413), and
+a per-worker cap on bodies still arriving after their first chunk (503). A request
+enters the model's budget (``in_flight``, MAX_INFLIGHT_PREDICTIONS) only once its body
+is whole: a slow sender, anonymous or paying, holds no place a prediction needs. Each
+rejection is a small pre-encoded problem answer: refusing costs less than answering.
 
 FastAPI still routes, validates the body, runs the handler and writes the OpenAPI
 document; its ``authenticate`` dependency finds the principal put in the request
@@ -84,8 +85,8 @@ class BodyDeadline:
     One timer per request (``loop.call_later``), not a cancel scope per chunk: when it
     fires while a chunk is awaited, the waiting task is cancelled and the read answers
     408; a body read after it fired answers 408 at once. Errors are Starlette
-    ``HTTPException``s, which FastAPI re-raises from body parsing and the app's handler
-    turns into problem answers.
+    ``HTTPException``s: the guard answers them itself, and behind ``BodyLimit`` FastAPI
+    re-raises them from body parsing and the app's handler answers them.
     """
 
     __slots__ = ("_done", "_expired", "_limit", "_receive", "_received", "_timer", "_waiting")
@@ -233,59 +234,84 @@ class PredictionGuard:
             )
             return
         state["quota"] = answer
-        if self.in_flight >= self.max_in_flight:
-            state["shed"] = True
-            await send_problem(
-                send,
-                503,
-                "The service is at capacity; retry shortly.",
-                slug="overloaded",
-                headers={"Retry-After": "1"},
+        if self.in_flight >= self.max_in_flight:  # refuse before reading, when we can
+            await self._shed(send, state, "The service is at capacity; retry shortly.")
+            return
+        deadline = BodyDeadline(receive, self.max_bytes, self.body_seconds)
+        try:
+            body = await self._read(deadline)
+        except HTTPException as error:  # 408: too slow; 413: too large
+            await send_problem(send, error.status_code, error.detail, headers=error.headers)
+            return
+        finally:
+            deadline.close()
+        if body is None:
+            await self._shed(
+                send, state, "Too many request bodies are being received; retry shortly."
             )
+            return
+        if body["type"] != "http.request":
+            return  # the caller left before its body was complete: nobody to answer
+        if self.in_flight >= self.max_in_flight:
+            await self._shed(send, state, "The service is at capacity; retry shortly.")
             return
         self.in_flight += 1
         try:
-            await self._admitted(scope, receive, send, state)
+            await self.app(scope, _replay(body, receive), _with_quota(send, state))
         finally:
             self.in_flight -= 1
 
-    async def _admitted(
-        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
-    ) -> None:
+    async def _read(self, deadline: BodyDeadline) -> Message | None:
+        """The whole body as one message, or None when no reading place is free.
+
+        A body that arrives with its first chunk (nearly every caller's) takes no place;
+        one still arriving after it needs one of MAX_CONCURRENT_BODY_READS for as long
+        as it takes. No request counts against the model's budget (``in_flight``) while
+        its body arrives: slow senders, paying or not, cannot starve the predictions.
+        """
+        first = await deadline()
+        if deadline.complete:
+            return first
         if self.reading >= self.max_reading:
-            state["shed"] = True
-            await send_problem(
-                send,
-                503,
-                "Too many request bodies are being received; retry shortly.",
-                slug="overloaded",
-                headers={"Retry-After": "1"},
-            )
-            return
-        body = BodyDeadline(receive, self.max_bytes, self.body_seconds)
+            return None
         self.reading += 1
-        reading = True
-
-        async def receive_body() -> Message:
-            nonlocal reading
-            message = await body()
-            if reading and body.complete:
-                reading = False
-                self.reading -= 1
-            return message
-
-        async def send_with_quota(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] != 429:
-                quota: QuotaAnswer = state["quota"]  # a batch route may have replaced it
-                message["headers"] = list(message.get("headers", [])) + [
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in quota.headers().items()
-                ]
-            await send(message)
-
         try:
-            await self.app(scope, receive_body, send_with_quota)
+            chunks = [first.get("body", b"")]
+            while not deadline.complete:
+                message = await deadline()
+                if message["type"] != "http.request":
+                    return message
+                chunks.append(message.get("body", b""))
         finally:
-            body.close()
-            if reading:
-                self.reading -= 1
+            self.reading -= 1
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    @staticmethod
+    async def _shed(send: Send, state: dict[str, Any], detail: str) -> None:
+        state["shed"] = True
+        await send_problem(send, 503, detail, slug="overloaded", headers={"Retry-After": "1"})
+
+
+def _replay(body: Message, receive: Receive) -> Receive:
+    """The body already read, then the transport (a disconnect, after the answer)."""
+    pending: list[Message] = [body]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def _with_quota(send: Send, state: dict[str, Any]) -> Send:
+    """Adds the RateLimit fields of the caller's quota to the answer (a 429 has its own)."""
+
+    async def send_with_quota(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 429:
+            quota: QuotaAnswer = state["quota"]  # a batch route may have replaced it
+            message["headers"] = list(message.get("headers", [])) + [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in quota.headers().items()
+            ]
+        await send(message)
+
+    return send_with_quota

@@ -188,8 +188,9 @@ def redis_client(url: str) -> Any:
 
 
 def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
-    """``redis+cluster://[user:password@]host:port,host:port,...`` as ``limits`` reads it:
-    every listed node is a startup node (redis-py's own ``from_url`` takes one)."""
+    """``redis+cluster://`` URLs as ``limits`` reads them (optional user information,
+    then ``host:port,host:port,...``): every listed node is a startup node (redis-py's
+    own ``from_url`` takes one)."""
     credentials, _, hosts = urlsplit(url).netloc.rpartition("@")
     username, _, password = credentials.partition(":")
     nodes = []

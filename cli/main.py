@@ -87,7 +87,7 @@ def serve(
     from db.engine import UnsupportedDatabaseError
     from migrations import SchemaError
     from ml.artifacts import ArtifactError, load_all
-    from monitoring.logs import configure_logging
+    from monitoring.logs import configure_logging, flush_logs
 
     settings = Settings()
     try:
@@ -116,6 +116,7 @@ def serve(
             "in-memory rate limits (a limit of N allows up to N per worker). Set REDIS_URL. "
             "(README: 'Redis and PostgreSQL locally'.)"
         )
+        flush_logs()  # written now, before gunicorn forks and takes over logging
     if workers == 1:
         import uvicorn
 

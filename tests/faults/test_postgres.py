@@ -86,6 +86,7 @@ def deployment(
         "MODEL_DIR": str(trained_model_dir),
         "RATE_LIMIT_PREDICT": "1000000/minute",
         "RATE_LIMIT_TOKEN": "1000000/minute",
+        "RATE_LIMIT_TOKEN_ISSUANCE": "1000000/minute",
         "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
         "MAX_INFLIGHT_PREDICTIONS": "1000",
         "DRIFT_REFRESH_SECONDS": "0",

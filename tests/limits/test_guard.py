@@ -10,85 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 import pytest
 from fastapi import FastAPI
 
-from tests.limits.conftest import HOUSE, OUTSIDER, running
+from tests.limits.conftest import running
+from tests.limits.exchange import Exchange
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.anyio
-
-BODY = orjson.dumps(HOUSE)
-
-
-class Exchange:
-    """One HTTP request driven by hand: headers at once, the body only when asked for."""
-
-    def __init__(
-        self,
-        headers: dict[str, str],
-        *,
-        body: bytes = BODY,
-        path: str = "/v1/predict",
-        chunks: int = 1,
-        gap: float = 0.0,
-    ) -> None:
-        self.headers = {"content-type": "application/json", "content-length": str(len(body))}
-        self.headers.update({k.lower(): v for k, v in headers.items()})
-        self.path = path
-        step = max(1, len(body) // chunks)
-        self.parts = [body[i : i + step] for i in range(0, len(body), step)] or [b""]
-        self.gap = gap
-        self.body_reads = 0
-        self.status: int | None = None
-        self.response_headers: dict[str, str] = {}
-        self.body = b""
-
-    def scope(self) -> dict[str, Any]:
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": self.path,
-            "raw_path": self.path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
-            "client": (OUTSIDER, 50000),
-            "server": ("testserver", 80),
-        }
-
-    async def receive(self) -> dict[str, Any]:
-        if self.body_reads >= len(self.parts):
-            await asyncio.sleep(3600)  # the client sends nothing more
-        if self.body_reads and self.gap:
-            await asyncio.sleep(self.gap)
-        part = self.parts[self.body_reads]
-        self.body_reads += 1
-        more = self.body_reads < len(self.parts)
-        return {"type": "http.request", "body": part, "more_body": more}
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.response_headers = {k.decode(): v.decode() for k, v in message["headers"]}
-        elif message["type"] == "http.response.body":
-            self.body += message.get("body", b"")
-
-    async def run(self, app: FastAPI) -> Exchange:
-        await app(self.scope(), self.receive, self.send)
-        return self
-
-    def problem(self) -> dict[str, Any]:
-        assert self.response_headers["content-type"] == "application/problem+json"
-        document: dict[str, Any] = orjson.loads(self.body)
-        assert document["status"] == self.status
-        return document
 
 
 def key(app: FastAPI, scopes: str = "predict", plan: str = "default") -> str:
@@ -172,20 +102,46 @@ async def test_the_whole_body_has_one_deadline(build_app: Callable[..., FastAPI]
     assert drip.body_reads < 40
 
 
-async def test_bodies_received_at_once_are_capped(build_app: Callable[..., FastAPI]) -> None:
+async def test_bodies_still_arriving_are_capped_and_whole_bodies_never_wait(
+    build_app: Callable[..., FastAPI],
+) -> None:
+    """MAX_CONCURRENT_BODY_READS caps bodies that are still arriving after their first
+    chunk; a body that arrives at once (nearly every caller's) needs no place."""
     app = build_app(max_concurrent_body_reads=1, body_read_timeout_seconds=5)
     async with running(app):
         partner = key(app)
         slow = Exchange({"X-API-Key": partner}, chunks=3, gap=0.3)
         slow_run = asyncio.ensure_future(slow.run(app))
         await asyncio.sleep(0.1)
-        second = await Exchange({"X-API-Key": partner}).run(app)
+        second_slow = await Exchange({"X-API-Key": partner}, chunks=3, gap=0.3).run(app)
+        whole = await Exchange({"X-API-Key": partner}).run(app)
         await slow_run
-        third = await Exchange({"X-API-Key": partner}).run(app)
-    assert second.status == 503
-    assert second.response_headers["retry-after"] == "1"
-    assert second.body_reads == 0
+        third = await Exchange({"X-API-Key": partner}, chunks=3, gap=0.05).run(app)
+    assert second_slow.status == 503
+    assert second_slow.response_headers["retry-after"] == "1"
+    assert second_slow.body_reads == 1  # refused at its first partial chunk
+    assert whole.status == 200, whole.body
     assert (slow.status, third.status) == (200, 200)
+
+
+async def test_a_paying_caller_dripping_bodies_never_takes_the_models_places(
+    build_app: Callable[..., FastAPI],
+) -> None:
+    """An authenticated caller with quota to spend opens more slow bodies than there
+    are places for predictions in flight: none of them holds a place while its body
+    arrives, so another caller's predictions are answered meanwhile."""
+    app = build_app(
+        max_inflight_predictions=2, max_concurrent_body_reads=8, body_read_timeout_seconds=1
+    )
+    async with running(app):
+        abuser, partner = key(app), key(app)
+        drips = [Exchange({"X-API-Key": abuser}, chunks=40, gap=0.1) for _ in range(6)]
+        dripping = [asyncio.ensure_future(drip.run(app)) for drip in drips]
+        await asyncio.sleep(0.2)  # every drip admitted, its body arriving
+        served = [await Exchange({"X-API-Key": partner}).run(app) for _ in range(20)]
+        await asyncio.gather(*dripping)
+    assert [exchange.status for exchange in served] == [200] * 20
+    assert {drip.status for drip in drips} == {408}
 
 
 async def test_a_chunked_body_over_the_limit_is_stopped(

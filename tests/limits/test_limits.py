@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.limits.conftest import HOUSE, OUTSIDER, PROXY, http, running
+from tests.limits.exchange import Exchange
 
 pytestmark = pytest.mark.anyio
 _accounts = itertools.count(1)
@@ -302,19 +303,20 @@ async def test_overload_sheds_with_503_and_retry_after(build_app: Callable[..., 
     async with running(build_app(max_inflight_predictions=1)) as app:
         key = api_key(app)
         release = asyncio.Event()
+        occupant = Exchange({"X-API-Key": key}, hold=release)
+        held = asyncio.create_task(occupant.run(app))
         async with http(app, **{"X-API-Key": key, "Content-Type": "application/json"}) as client:
-            held = asyncio.create_task(client.post("/v1/predict", content=slow_body(release)))
-            await asyncio.sleep(0.2)  # the first request now occupies the only slot
+            await occupant.answering.wait()  # it holds the only place while it answers
             shed = await client.post("/v1/predict", json=HOUSE)
             health = await client.get("/healthz")
             release.set()
-            first = await held
+            await held
             after = await client.post("/v1/predict", json=HOUSE)
     assert shed.status_code == 503
     assert shed.headers["Retry-After"] == "1"
     assert shed.headers["content-type"].startswith("application/problem+json")
     assert health.status_code == 200  # only model work is bounded
-    assert first.status_code == 200, first.text
+    assert occupant.status == 200, occupant.body
     assert after.status_code == 200
 
 
