@@ -136,12 +136,21 @@ class QuotaHeaders:
                 current = scope.get("state", {}).get("view_rate_limit")
                 headers = MutableHeaders(scope=message)
                 if current is not None and "ratelimit" not in headers:
-                    quota = self._quota(current, limited=message["status"] == 429)
+                    quota = await self._quota_async(current, limited=message["status"] == 429)
                     for name, value in quota.items():
                         headers[name] = value
             await send(message)
 
         await self.app(scope, receive, send_with_quota)
+
+    async def _quota_async(
+        self, current: tuple[RateLimitItem, list[str]], *, limited: bool
+    ) -> dict[str, str]:
+        """Inline for the in-memory storage; a Redis read in a worker thread, never on
+        the event loop (a hung Redis would stall every request of the worker)."""
+        if isinstance(self.limiter.limiter.storage, MemoryStorage):
+            return self._quota(current, limited=limited)
+        return await run_in_threadpool(self._quota, current, limited=limited)
 
     def _quota(self, current: tuple[RateLimitItem, list[str]], *, limited: bool) -> dict[str, str]:
         item, identifiers = current

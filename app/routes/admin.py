@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+from anyio import from_thread
 from fastapi import APIRouter, Request, Response
 
 from app.deps import Admin, ReloaderDep
@@ -35,11 +38,12 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         ),
     )
     @quota
-    async def reload_models(
+    def reload_models(
         request: Request, response: Response, _: Admin, reloader: ReloaderDep
     ) -> ModelReload:
+        # Sync: SlowAPI's limit check runs in the threadpool, off the event loop.
         try:
-            outcome = await reloader.reload(source="admin endpoint")
+            outcome = from_thread.run(partial(reloader.reload, source="admin endpoint"))
         except ReloadFailed as exc:
             raise ModelReloadRefused(
                 f"Model {exc.version} failed verification (manifest, artifact hash or "

@@ -11,6 +11,9 @@ own credential's, and an expiry no later than the caller's own key's end nor tha
 API_KEY_MAX_LIFETIME_DAYS from now (a key asked for without one gets that bound). An
 account holds at most MAX_KEYS_PER_ACCOUNT active keys (409 past it), and every key of
 it spends the account's one prediction budget, so minting gains nothing.
+
+The routes are sync: FastAPI runs them, and SlowAPI's limit check in front of them, in
+its threadpool, so neither the store nor Redis is ever called on the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field, field_validator
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import KeyManager, StoreDep, require_json
 from app.errors import ApiError, NotFound
@@ -186,10 +188,10 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
 
     @router.get("", summary="List the caller's own API keys")
     @quota
-    async def list_keys(
+    def list_keys(
         request: Request, response: Response, caller: KeyManager, store: StoreDep
     ) -> KeyList:
-        records = await run_in_threadpool(store.api_keys.list, _owner(caller))
+        records = store.api_keys.list(_owner(caller))
         now = datetime.now(UTC)
         return KeyList(keys=[_info(r, now) for r in records])
 
@@ -201,7 +203,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         dependencies=[Depends(require_json)],
     )
     @quota
-    async def create_key(
+    def create_key(
         request: Request, body: CreateKey, caller: KeyManager, store: StoreDep, response: Response
     ) -> NewKey:
         try:
@@ -214,7 +216,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
                 "and none that allows more than the caller's own."
             )
         now = datetime.now(UTC)
-        ends_at = await run_in_threadpool(_minter_ends_at, caller, store)
+        ends_at = _minter_ends_at(caller, store)
         try:
             terms = new_key_terms(
                 caller,
@@ -231,15 +233,13 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         except MintRefused as refusal:
             raise _refused(refusal) from None
         try:
-            key_id, api_key = await run_in_threadpool(
-                lambda: store.api_keys.create(
-                    caller.account or caller.id,
-                    terms.scopes,
-                    terms.plan,
-                    expires_at=terms.expires_at,
-                    created_by=caller.id,
-                    max_active=settings.max_keys_per_account,
-                )
+            key_id, api_key = store.api_keys.create(
+                caller.account or caller.id,
+                terms.scopes,
+                terms.plan,
+                expires_at=terms.expires_at,
+                created_by=caller.id,
+                max_active=settings.max_keys_per_account,
             )
         except KeyLimitError as exc:
             raise KeyLimitReached(
@@ -262,7 +262,7 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         responses=problems(400, 408, 413),
     )
     @quota
-    async def rotate_key(
+    def rotate_key(
         request: Request,
         key_id: str,
         caller: KeyManager,
@@ -274,12 +274,12 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
         asked = body or RotateKey()
         grace = timedelta(seconds=min(asked.grace_seconds, settings.key_rotation_max_grace_seconds))
         owner = _owner(caller)
-        old_key = await run_in_threadpool(lambda: store.api_keys.get(key_id, owner=owner))
+        old_key = store.api_keys.get(key_id, owner=owner)
         now = datetime.now(UTC)
         # Missing, another account's, or not rotatable (revoked, expired, rotated): one 404.
         if old_key is None or old_key.grace_until is not None or old_key.unusable_reason(now):
             raise NotFound(NOT_FOUND)
-        ends_at = await run_in_threadpool(_minter_ends_at, caller, store)
+        ends_at = _minter_ends_at(caller, store)
         try:
             terms = rotated_key_terms(
                 caller,
@@ -296,16 +296,14 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
             )
         except MintRefused as refusal:
             raise _refused(refusal) from None
-        rotated = await run_in_threadpool(
-            lambda: store.api_keys.rotate(
-                key_id, actor=caller.id, owner=owner, grace=grace, not_after=terms.expires_at
-            )
+        rotated = store.api_keys.rotate(
+            key_id, actor=caller.id, owner=owner, grace=grace, not_after=terms.expires_at
         )
         if rotated is None:
             raise NotFound(NOT_FOUND)
         new_id, api_key = rotated
-        old = await run_in_threadpool(store.api_keys.get, key_id)
-        new = await run_in_threadpool(store.api_keys.get, new_id)
+        old = store.api_keys.get(key_id)
+        new = store.api_keys.get(new_id)
         if old is None or old.grace_until is None or new is None:  # changed meanwhile
             raise NotFound(NOT_FOUND)
         response.headers["Cache-Control"] = "no-store"
@@ -321,14 +319,10 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
 
     @router.delete("/{key_id}", summary="Revoke a key", status_code=204)
     @quota
-    async def revoke_key(
-        request: Request, key_id: str, caller: KeyManager, store: StoreDep
-    ) -> Response:
+    def revoke_key(request: Request, key_id: str, caller: KeyManager, store: StoreDep) -> Response:
         _known_shape(key_id)
         owner = _owner(caller)
-        revoked = await run_in_threadpool(
-            lambda: store.api_keys.revoke(key_id, caller.id, owner=owner)
-        )
+        revoked = store.api_keys.revoke(key_id, caller.id, owner=owner)
         if not revoked:
             raise NotFound(NOT_FOUND)
         return Response(status_code=204)

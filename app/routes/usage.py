@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from anyio import from_thread
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authenticated, ServicesDep
 from app.limits import PredictionBudget, QuotaLimiter, caller_key, predict_limit
@@ -90,16 +90,17 @@ def build_router(limiter: QuotaLimiter, settings: Settings) -> APIRouter:
 
     @router.get("/v1/usage", summary="The caller's request counts and remaining quota")
     @quota
-    async def usage(
+    def usage(
         request: Request, response: Response, caller: Authenticated, built: ServicesDep
     ) -> Usage:
-        days = await run_in_threadpool(_days, built, caller)
+        # Sync, so FastAPI runs it, and SlowAPI's storage check before it, in its
+        # threadpool: no Redis or database call on the event loop.
         return Usage(
             principal=caller.id,
             account=caller.account,
             plan=caller.budget_plan,
-            quota=await _quota(caller, built.budget),
-            days=days,
+            quota=from_thread.run(_quota, caller, built.budget),
+            days=_days(built, caller),
         )
 
     return router

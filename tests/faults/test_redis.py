@@ -40,6 +40,7 @@ class Deployment:
     api_key: str
     client_id: str
     client_secret: str
+    manager_key: str  # keys:manage, for the SlowAPI-limited /v1/keys
 
     def token(self) -> tuple[httpx.Response, int]:
         """``POST /token`` on a new connection; the answer and the worker's PID."""
@@ -83,9 +84,10 @@ def deployment(
     )
     with open_store(settings, upgrade_schema) as store:
         api_key = store.api_keys.create("faults", "predict")[1]
+        manager_key = store.api_keys.create("faults-partner", "keys:manage")[1]
         client_id, secret = store.clients.create("faults-app", "predict")
     with running_app(root / "server", app_env(values), workers=2) as server:
-        yield Deployment(server, fault_redis, api_key, client_id, secret)
+        yield Deployment(server, fault_redis, api_key, client_id, secret, manager_key)
 
 
 def test_redis_restart_readyz_is_503_until_every_worker_counts_in_redis_again(
@@ -168,6 +170,8 @@ def test_redis_hung_with_sigstop(deployment: Deployment) -> None:
     for name in ("key-1", "key-2", "key-3"):
         load.caller(name, lambda c, _: c.post("/v1/predict", json=V1_HOUSE, headers=headers))
     load.caller("readyz", lambda c, _: c.get("/readyz"), pause=0.1)
+    manager = {"X-API-Key": deployment.manager_key}
+    load.caller("keys", lambda c, _: c.get("/v1/keys", headers=manager), pause=0.05)
     try:
         load.sleep(2.0)
         hung = load.now()
@@ -198,6 +202,9 @@ def test_redis_hung_with_sigstop(deployment: Deployment) -> None:
     )
     assert transport_errors(load.exchanges) == []
     assert {e.status for e in predictions} == {200}, summary
+    # SlowAPI's limit on /v1/keys is checked off the event loop: answered, never a 5xx,
+    # and (above) no prediction waited for its Redis timeouts.
+    assert {e.status for e in load.of("keys")} == {200}, summary
     # The per-process fallback after one 0.25 s socket timeout: a hang costs a caller
     # at most a few timeouts, never the hang.
     assert max(during) < percentile(before, 0.99) + 1.5
