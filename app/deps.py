@@ -15,8 +15,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 
 from app.errors import UnsupportedMediaType
+from app.json_body import JSON_ONLY, is_json_media_type
 from app.reload import ModelReloader
-from app.security import authenticate
+from app.security import api_key_scheme, authenticate, oauth2_scheme
 from app.settings import Settings
 from app.state import Services, services
 from auth import scopes as S
@@ -37,7 +38,15 @@ Admin = Annotated[Principal, Security(authenticate, scopes=[S.ADMIN])]
 Authenticated = Annotated[Principal, Security(authenticate)]
 
 # For routers whose every operation needs the permission before its body is looked at.
-PREDICTOR_FIRST = Security(authenticate, scopes=[S.PREDICT])
+# ``Predictor``'s requirement, for the OpenAPI document only: the routes behind the guard
+# layer (``app.guard``), which decided who is calling before FastAPI runs, declare it so
+# and solve no dependency for it.
+PREDICTOR_SECURITY = {
+    "security": [
+        {oauth2_scheme.scheme_name: [S.PREDICT]},
+        {api_key_scheme.scheme_name: [S.PREDICT]},
+    ]
+}
 
 # -- what the app built -----------------------------------------------------------------
 
@@ -81,8 +90,5 @@ OAuthDep = Annotated[OAuthServer, Depends(_oauth)]
 
 async def require_json(request: Request) -> None:
     """415 unless the body is declared ``application/json`` (or a ``+json`` type)."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    ):
-        raise UnsupportedMediaType("Send the request body as application/json.")
+    if not is_json_media_type(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType(JSON_ONLY)

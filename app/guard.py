@@ -3,7 +3,8 @@
 One pure-ASGI layer in front of FastAPI for the guarded routes, in this order: a
 declared ``Content-Length`` over the limit (413); the credentials, every one presented
 valid (401, with today's problem bodies and ``WWW-Authenticate``); the scope (403); the
-caller's quota (429 with ``Retry-After`` and the RateLimit fields); then the
+caller's quota (429 with ``Retry-After`` and the RateLimit fields); a body declared as
+anything but JSON (415); then the
 load-shedding budget (503) is checked. Only then is the body read, against one
 deadline for the whole body (408), a size limit for chunked or lying bodies (413), and
 a per-worker cap on bodies still arriving after their first chunk (503). A request
@@ -12,8 +13,10 @@ is whole: a slow sender, anonymous or paying, holds no place a prediction needs.
 rejection is a small pre-encoded problem answer: refusing costs less than answering.
 
 FastAPI still routes, validates the body, runs the handler and writes the OpenAPI
-document; its ``authenticate`` dependency finds the principal put in the request
-scope here and does not authenticate twice. Requests of other routes pass through.
+document, where the guarded routes declare their security requirement
+(``app.deps.PREDICTOR_SECURITY``) without a dependency to solve per request: the
+handlers read the principal put in the request scope here. Requests of other routes
+pass through.
 
 A batch costs ``1 + rows // 100`` of the quota, which is known only once its body is
 validated: the guard makes sure something is left (a read, cost 0) and the batch route
@@ -33,6 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_BASE, PROBLEM_JSON, STATUS_TITLES, STORE_UNAVAILABLE, ApiError
+from app.json_body import JSON_ONLY, is_json_media_type
 from app.quota import QuotaAnswer
 from app.security import Presented, identify, require_scopes
 from app.state import Services
@@ -185,6 +189,7 @@ class PredictionGuard:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["guarded_route"] = scope["path"]
         length: bytes | None = None
+        content_type = ""
         authorization: list[str] = []
         api_key: list[str] = []
         for name, value in scope["headers"]:
@@ -194,6 +199,8 @@ class PredictionGuard:
                 api_key.append(value.decode("latin-1"))
             elif name == b"content-length":
                 length = value
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
         refused = declared_length_refusal(length, self.max_bytes)
         if refused is not None:
             status, detail, slug = refused
@@ -234,6 +241,9 @@ class PredictionGuard:
             )
             return
         state["quota"] = answer
+        if not is_json_media_type(content_type):
+            await send_problem(send, 415, JSON_ONLY, slug="unsupported-media-type")
+            return
         if self.in_flight >= self.max_in_flight:  # refuse before reading, when we can
             await self._shed(send, state, "The service is at capacity; retry shortly.")
             return

@@ -72,3 +72,14 @@ class JsonRoute(APIRoute):
             return await handler(JsonRequest(request.scope, request.receive))
 
         return json_handler
+
+
+JSON_ONLY = "Send the request body as application/json."
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or an ``application/*+json`` type, parameters ignored."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )

@@ -6,6 +6,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from slowapi.errors import RateLimitExceeded
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -128,5 +129,16 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None)
     app.include_router(admin.build_router(limiter, settings))
     app.include_router(key_routes.build_router(limiter, settings))
     app.include_router(usage.build_router(limiter, settings))
+    _every_guard_only_route_is_guarded(app)
     docs.install(app)
     return app
+
+
+def _every_guard_only_route_is_guarded(app: FastAPI) -> None:
+    """A route that declares its security for OpenAPI only (no dependency checks it) is
+    safe only behind the guard layer: refuse to build an app where one is not."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        if (route.openapi_extra or {}).get("security") and route.path not in GUARDED_ROUTES:
+            raise RuntimeError(f"{route.path} declares security but the guard does not check it")

@@ -24,7 +24,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from app.deps import PREDICTOR_FIRST, ModelsDep, SettingsDep, require_json
+from app.deps import PREDICTOR_SECURITY
 from app.errors import TooManyRequests
 from app.guard import rate_limited
 from app.json_body import JsonRoute
@@ -121,7 +121,8 @@ def _note(request: Request, model: LoadedModel, answer: _Answer) -> None:
     request.state.price_intervals = (answer.low, answer.high)
 
 
-def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
+def _single(request: Request, version: str, house: HouseV1) -> Prediction:
+    model = services(request).models[version]
     answer = _predict(model, [house])
     _note(request, model, answer)
     [price], [low], [high] = answer.prices, answer.lows, answer.highs
@@ -134,7 +135,8 @@ def _single(request: Request, model: LoadedModel, house: HouseV1) -> Prediction:
     )
 
 
-def _batch(request: Request, model: LoadedModel, houses: Sequence[HouseV1]) -> BatchPrediction:
+def _batch(request: Request, version: str, houses: Sequence[HouseV1]) -> BatchPrediction:
+    model = services(request).models[version]
     answer = _predict(model, houses)
     _note(request, model, answer)
     _record(request, model, answer)
@@ -181,13 +183,13 @@ async def _charge_batch(request: Request, settings: Settings, size: int) -> None
 # twice). ``async``: no thread is worth taking for a comparison.
 
 
-async def _v1_batch(request: Request, settings: SettingsDep, batch: BatchV1) -> BatchV1:
-    await _charge_batch(request, settings, len(batch.instances))
+async def _v1_batch(request: Request, batch: BatchV1) -> BatchV1:
+    await _charge_batch(request, services(request).settings, len(batch.instances))
     return batch
 
 
-async def _v2_batch(request: Request, settings: SettingsDep, batch: BatchV2) -> BatchV2:
-    await _charge_batch(request, settings, len(batch.instances))
+async def _v2_batch(request: Request, batch: BatchV2) -> BatchV2:
+    await _charge_batch(request, services(request).settings, len(batch.instances))
     return batch
 
 
@@ -199,38 +201,42 @@ def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(
         tags=["predict"],
         route_class=JsonRoute,  # UTF-8 JSON only, parsed by orjson
-        # Who is calling comes first: an anonymous caller learns nothing about the body.
-        dependencies=[PREDICTOR_FIRST, Depends(require_json)],
+        # Who may call, the media type and the quota were decided by the guard layer,
+        # before the body was read; the requirement is declared for the OpenAPI document
+        # (``openapi_extra``), with no dependency to solve on every request.
         responses=problems(400, 401, 403, 408, 413, 415, 422, 429, 503),
     )
+    guarded = PREDICTOR_SECURITY
     batch_note = f" At most {settings.max_batch_size} instances; costs 1 + n // 100 of the quota."
 
-    @router.post("/v1/predict", summary="Predict one price with the v1 model")
-    async def predict_v1(request: Request, house: HouseV1, models: ModelsDep) -> Prediction:
-        return _single(request, models["v1"], house)
+    @router.post(
+        "/v1/predict", summary="Predict one price with the v1 model", openapi_extra=guarded
+    )
+    async def predict_v1(request: Request, house: HouseV1) -> Prediction:
+        return _single(request, "v1", house)
 
     @router.post(
         "/v1/predict/batch",
         summary="Predict prices for many houses (v1)",
         description="Answers in request order, identical to single calls." + batch_note,
+        openapi_extra=guarded,
     )
-    async def predict_v1_batch(
-        request: Request, batch: V1Batch, models: ModelsDep
-    ) -> BatchPrediction:
-        return _batch(request, models["v1"], batch.instances)
+    async def predict_v1_batch(request: Request, batch: V1Batch) -> BatchPrediction:
+        return _batch(request, "v1", batch.instances)
 
-    @router.post("/v2/predict", summary="Predict one price with the v2 model")
-    async def predict_v2(request: Request, house: HouseV2, models: ModelsDep) -> Prediction:
-        return _single(request, models["v2"], house)
+    @router.post(
+        "/v2/predict", summary="Predict one price with the v2 model", openapi_extra=guarded
+    )
+    async def predict_v2(request: Request, house: HouseV2) -> Prediction:
+        return _single(request, "v2", house)
 
     @router.post(
         "/v2/predict/batch",
         summary="Predict prices for many houses (v2)",
         description="Answers in request order, identical to single calls." + batch_note,
+        openapi_extra=guarded,
     )
-    async def predict_v2_batch(
-        request: Request, batch: V2Batch, models: ModelsDep
-    ) -> BatchPrediction:
-        return _batch(request, models["v2"], batch.instances)
+    async def predict_v2_batch(request: Request, batch: V2Batch) -> BatchPrediction:
+        return _batch(request, "v2", batch.instances)
 
     return router

@@ -74,6 +74,7 @@ def deployment(
         "REDIS_URL": fault_redis.url(0),
         "RATE_LIMIT_PREDICT": "1000000/minute",
         "RATE_LIMIT_TOKEN": "1000/minute",
+        "RATE_LIMIT_TOKEN_ISSUANCE": "1000000/minute",  # the tests ask for many tokens
         "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
         "MAX_INFLIGHT_PREDICTIONS": "1000",
         "DRIFT_REFRESH_SECONDS": "0",

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import pytest
 from fastapi import FastAPI
 
+from app.deps import PREDICTOR_SECURITY
+from app.main import _every_guard_only_route_is_guarded
 from tests.limits.conftest import running
 from tests.limits.exchange import Exchange
 from tests.support.redis import RedisServer
@@ -21,8 +23,10 @@ from tests.support.redis import RedisServer
 pytestmark = pytest.mark.anyio
 
 
-def key(app: FastAPI, scopes: str = "predict", plan: str = "default") -> str:
-    return str(app.state.services.store.api_keys.create("guard-test", scopes, plan)[1])
+def key(
+    app: FastAPI, scopes: str = "predict", plan: str = "default", account: str = "guard-test"
+) -> str:
+    return str(app.state.services.store.api_keys.create(account, scopes, plan)[1])
 
 
 async def test_an_accepted_request_reads_its_body(build_app: Callable[..., FastAPI]) -> None:
@@ -48,6 +52,9 @@ async def test_refusals_happen_before_the_body_is_read(
             "declared oversize": await Exchange(
                 {"X-API-Key": key(app), "Content-Length": "4096"}
             ).run(app),
+            "not JSON": await Exchange(
+                {"X-API-Key": key(app, account="guard-json"), "Content-Type": "text/plain"}
+            ).run(app),
         }
     statuses = {name: exchange.status for name, exchange in refusals.items()}
     assert statuses == {
@@ -56,6 +63,7 @@ async def test_refusals_happen_before_the_body_is_read(
         "wrong scope": 403,
         "over quota": 429,
         "declared oversize": 413,
+        "not JSON": 415,
     }
     assert {name: exchange.body_reads for name, exchange in refusals.items()} == dict.fromkeys(
         refusals, 0
@@ -188,3 +196,16 @@ async def test_the_redis_quota_is_one_script_call_per_request_and_shared(
     assert flushed.status == 200
     assert flushed.response_headers["x-ratelimit-remaining"] == "0"
     assert refused.status == 429
+
+
+def test_a_route_declaring_security_for_openapi_only_must_be_behind_the_guard() -> None:
+    """The prediction routes solve no security dependency (the guard decided); an app
+    with such a route that the guard does not cover refuses to be built."""
+    app = FastAPI()
+
+    @app.post("/v3/predict", openapi_extra=PREDICTOR_SECURITY)
+    async def unguarded() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="/v3/predict"):
+        _every_guard_only_route_is_guarded(app)
