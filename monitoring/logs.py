@@ -188,7 +188,7 @@ class BatchWriter:
     formatting it. A line reaches stderr at most ``interval`` after it was logged.
     """
 
-    def __init__(self, stream: Any, formatter: logging.Formatter, interval: float = 0.05) -> None:
+    def __init__(self, stream: Any, formatter: logging.Formatter, interval: float = 0.02) -> None:
         self.records: collections.deque[logging.LogRecord] = collections.deque()
         self._stream = stream
         self._formatter = formatter

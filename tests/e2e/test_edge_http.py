@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -98,9 +99,12 @@ def test_request_id_is_set_by_nginx_and_reaches_the_app(edge: Edge) -> None:
     [entry] = edge.log_entries({request_id})
     upstream = entry["upstream"]
     replica = edge.replica_addresses.index(upstream)
-    app_log = read_json_lines(edge.stack.root / "logs" / f"replica-{replica + 1}.log")
-    assert any(line.get("request_id") == request_id for line in app_log)
-    assert not any(line.get("request_id") == forged for line in app_log)
+    log_path = edge.stack.root / "logs" / f"replica-{replica + 1}.log"
+    deadline = time.monotonic() + 5  # the app's log writer flushes every 20 ms
+    while not any(line.get("request_id") == request_id for line in read_json_lines(log_path)):
+        assert time.monotonic() < deadline, "the request's log event never reached the log"
+        time.sleep(0.05)
+    assert not any(line.get("request_id") == forged for line in read_json_lines(log_path))
 
 
 def test_a_trailing_slash_is_a_404_through_the_edge_never_a_redirect(edge: Edge) -> None:

@@ -16,9 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from app.settings import Settings
 
 Send = Callable[[httpx.Client, int], httpx.Response]
 
@@ -160,3 +163,34 @@ def percentile(values: list[float], q: float) -> float:
     if not ordered:
         return 0.0
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# Limits no load of the fault suite reaches, unless a test sets its own.
+UNLIMITED = {
+    "RATE_LIMIT_PREDICT": "1000000/minute",
+    "RATE_LIMIT_TOKEN": "1000000/minute",
+    "RATE_LIMIT_TOKEN_ISSUANCE": "1000000/minute",
+    "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
+    "MAX_INFLIGHT_PREDICTIONS": "1000",
+}
+
+
+def deployment_config(
+    root: Path, model_dir: Path, database_url: str | None = None, **values: str
+) -> tuple[dict[str, str], Settings]:
+    """The environment of a ``serve`` under fault (limits off unless ``values`` set
+    them), and the same settings in process, to make its credentials beforehand."""
+    database_url = database_url or f"sqlite:///{root / 'var' / 'housing.db'}"
+    env = {
+        "APP_ENV": "development",
+        "VAR_DIR": str(root / "var"),
+        "DATABASE_URL": database_url,
+        "MODEL_DIR": str(model_dir),
+        "DRIFT_REFRESH_SECONDS": "0",
+        **UNLIMITED,
+        **values,
+    }
+    settings = Settings(
+        _env_file=None, var_dir=root / "var", database_url=database_url, model_dir=model_dir
+    )
+    return env, settings

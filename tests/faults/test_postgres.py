@@ -20,10 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.settings import Settings
 from auth.wiring import open_store
 from migrations import upgrade_schema
-from tests.faults.support import Exchange, Load, messages, percentile, transport_errors
+from tests.faults.support import (
+    Exchange,
+    Load,
+    deployment_config,
+    messages,
+    percentile,
+    transport_errors,
+)
 from tests.support.app_server import AppServer, app_env, running_app
 from tests.support.houses import V1_HOUSE
 from tests.support.postgres import PostgresServer
@@ -79,21 +85,8 @@ def deployment(
 ) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("faults-postgres")
     database_url = fault_postgres.create_database("faults")
-    values = {
-        "APP_ENV": "development",
-        "VAR_DIR": str(root / "var"),
-        "DATABASE_URL": database_url,
-        "MODEL_DIR": str(trained_model_dir),
-        "RATE_LIMIT_PREDICT": "1000000/minute",
-        "RATE_LIMIT_TOKEN": "1000000/minute",
-        "RATE_LIMIT_TOKEN_ISSUANCE": "1000000/minute",
-        "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
-        "MAX_INFLIGHT_PREDICTIONS": "1000",
-        "DRIFT_REFRESH_SECONDS": "0",
-        "STORE_OUTAGE_GRACE_SECONDS": "60",
-    }
-    settings = Settings(
-        _env_file=None, var_dir=root / "var", database_url=database_url, model_dir=trained_model_dir
+    values, settings = deployment_config(
+        root, trained_model_dir, database_url, STORE_OUTAGE_GRACE_SECONDS="60"
     )
     with open_store(settings, upgrade_schema) as store:
         api_key = store.api_keys.create("faults", "predict")[1]

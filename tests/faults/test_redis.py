@@ -19,11 +19,10 @@ import httpx
 import pytest
 import redis
 
-from app.settings import Settings
 from auth.wiring import open_store
 from bench.sigterm import RunResult, terminate_under_load
 from migrations import upgrade_schema
-from tests.faults.support import Load, percentile, transport_errors
+from tests.faults.support import Load, deployment_config, percentile, transport_errors
 from tests.support.app_server import AppServer, app_env, running_app
 from tests.support.houses import V1_HOUSE
 from tests.support.redis import RedisServer
@@ -65,23 +64,12 @@ def deployment(
     fault_redis: RedisServer, trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("faults-redis")
-    database_url = f"sqlite:///{root / 'var' / 'housing.db'}"
-    values = {
-        "APP_ENV": "development",
-        "VAR_DIR": str(root / "var"),
-        "DATABASE_URL": database_url,
-        "MODEL_DIR": str(trained_model_dir),
-        "REDIS_URL": fault_redis.url(0),
-        "RATE_LIMIT_PREDICT": "1000000/minute",
-        "RATE_LIMIT_TOKEN": "1000/minute",
-        "RATE_LIMIT_TOKEN_ISSUANCE": "1000000/minute",  # the tests ask for many tokens
-        "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
-        "MAX_INFLIGHT_PREDICTIONS": "1000",
-        "DRIFT_REFRESH_SECONDS": "0",
-        "PREDICTION_LOG_ENABLED": "false",
-    }
-    settings = Settings(
-        _env_file=None, var_dir=root / "var", database_url=database_url, model_dir=trained_model_dir
+    values, settings = deployment_config(
+        root,
+        trained_model_dir,
+        REDIS_URL=fault_redis.url(0),
+        RATE_LIMIT_TOKEN="1000/minute",
+        PREDICTION_LOG_ENABLED="false",
     )
     with open_store(settings, upgrade_schema) as store:
         api_key = store.api_keys.create("faults", "predict")[1]

@@ -21,10 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.settings import Settings
 from auth.wiring import open_store
 from migrations import upgrade_schema
-from tests.faults.support import Load
+from tests.faults.support import Load, deployment_config
 from tests.support.app_server import AppServer, app_env, running_apps
 from tests.support.houses import V1_HOUSE
 from tests.support.redis_cluster import RedisClusterServers, running_redis_cluster
@@ -51,21 +50,14 @@ def replicas(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[list[AppServer], tuple[str, str]]]:
     root = tmp_path_factory.mktemp("faults-cluster")
-    database_url = f"sqlite:///{root / 'var' / 'housing.db'}"
-    values = {
-        "APP_ENV": "development",
-        "VAR_DIR": str(root / "var"),
-        "DATABASE_URL": database_url,
-        "MODEL_DIR": str(trained_model_dir),
-        "REDIS_URL": cluster.url(),
-        "RATE_LIMIT_TOKEN_ISSUANCE": f"{LIMIT}/minute",
-        "RATE_LIMIT_PREDICT": f"{PREDICT_LIMIT}/minute",
-        "RATE_LIMIT_PLANS": '{"failover": "100000/minute"}',
-        "DRIFT_REFRESH_SECONDS": "0",
-        "PREDICTION_LOG_ENABLED": "false",
-    }
-    settings = Settings(
-        _env_file=None, var_dir=root / "var", database_url=database_url, model_dir=trained_model_dir
+    values, settings = deployment_config(
+        root,
+        trained_model_dir,
+        REDIS_URL=cluster.url(),
+        RATE_LIMIT_TOKEN_ISSUANCE=f"{LIMIT}/minute",
+        RATE_LIMIT_PREDICT=f"{PREDICT_LIMIT}/minute",
+        RATE_LIMIT_PLANS='{"failover": "100000/minute"}',
+        PREDICTION_LOG_ENABLED="false",
     )
     with open_store(settings, upgrade_schema) as store:
         credentials = store.clients.create("cluster-app", "predict")

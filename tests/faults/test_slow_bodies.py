@@ -21,10 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.settings import Settings
 from auth.wiring import open_store
 from migrations import upgrade_schema
-from tests.faults.support import Load, percentile, transport_errors
+from tests.faults.support import Load, deployment_config, percentile, transport_errors
 from tests.support.app_server import AppServer, app_env, running_app
 from tests.support.houses import V1_HOUSE
 
@@ -113,17 +112,13 @@ def deployment(
     trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[AppServer, str, str]]:
     root = tmp_path_factory.mktemp("faults-slow-bodies")
-    values = {
-        "APP_ENV": "development",
-        "VAR_DIR": str(root / "var"),
-        "MODEL_DIR": str(trained_model_dir),
-        "RATE_LIMIT_PREDICT": "1000000/minute",
-        "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
-        "BODY_READ_TIMEOUT_SECONDS": str(BODY_DEADLINE_S),
-        "DRIFT_REFRESH_SECONDS": "0",
-        "PREDICTION_LOG_ENABLED": "false",
-    }
-    settings = Settings(_env_file=None, var_dir=root / "var", model_dir=trained_model_dir)
+    values, settings = deployment_config(
+        root,
+        trained_model_dir,
+        BODY_READ_TIMEOUT_SECONDS=str(BODY_DEADLINE_S),
+        MAX_INFLIGHT_PREDICTIONS="32",  # the default: the drips must not take its places
+        PREDICTION_LOG_ENABLED="false",
+    )
     with open_store(settings, upgrade_schema) as store:
         normal = store.api_keys.create("normal", "predict")[1]
         abuser = store.api_keys.create("abuser", "predict")[1]
