@@ -6,10 +6,11 @@ valid (401, with today's problem bodies and ``WWW-Authenticate``); the scope (40
 caller's quota (429 with ``Retry-After`` and the RateLimit fields); a body declared as
 anything but JSON (415); then the load-shedding budget (503) is checked. Only then is
 the body read, against one deadline for the whole body (408), a size limit for chunked
-or lying bodies (413), and a per-worker cap on bodies still arriving after their first chunk (503). A request
-enters the model's budget (``in_flight``, MAX_INFLIGHT_PREDICTIONS) only once its body
-is whole: a slow sender, anonymous or paying, holds no place a prediction needs. Each
-rejection is a small pre-encoded problem answer: refusing costs less than answering.
+or lying bodies (413), and a per-worker cap on bodies still arriving after their first
+chunk (503). A request enters the model's budget (``in_flight``,
+MAX_INFLIGHT_PREDICTIONS) only once its body is whole: a slow sender, anonymous or
+paying, holds no place a prediction needs. Each rejection is a small pre-encoded
+problem answer: refusing costs less than answering.
 
 FastAPI still routes, validates the body, runs the handler and writes the OpenAPI
 document, where the guarded routes declare their security requirement
