@@ -9,7 +9,6 @@ that is how "zero resets" is measured.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 
 from app.settings import Settings
+from tests.support.app_server import log_events
 
 Send = Callable[[httpx.Client, int], httpx.Response]
 
@@ -139,19 +139,6 @@ class Load:
 
 def transport_errors(exchanges: Iterable[Exchange]) -> list[Exchange]:
     return [e for e in exchanges if e.status is None]
-
-
-def log_events(stderr: str) -> list[dict[str, Any]]:
-    """The JSON log events of a server's stderr (other lines skipped)."""
-    events = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 def messages(stderr: str, message: str) -> list[dict[str, Any]]:

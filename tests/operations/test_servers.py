@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +26,7 @@ from monitoring.models import TABLE
 from monitoring.predictionlog import iter_predictions, make_log_engine, query, stream
 from tests.operations.conftest import wait_until
 from tests.operations.support import republish
-from tests.support.app_server import HOST, app_env, running_app
+from tests.support.app_server import HOST, app_env, log_events, running_app
 from tests.support.houses import V1_HOUSE
 
 pytestmark = pytest.mark.slow
@@ -61,19 +60,6 @@ def new_key(root: Path, model_dir: Path, scopes: str) -> str:
 
 def logged_request_ids(engine: Engine) -> list[str]:
     return [p["request_id"] for row in stream(engine, query()) for p in iter_predictions(row)]
-
-
-def log_events(stderr: str) -> list[dict[str, Any]]:
-    """The JSON log events in a server's stderr (other lines skipped)."""
-    events = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 def server_request_events(stderr: str) -> dict[str, int]:

@@ -15,6 +15,7 @@ is added to the server or its configuration for that.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -251,3 +252,16 @@ def running_app(root: Path, env: Mapping[str, str], *, workers: int = 1) -> Iter
     """``housing-api serve`` healthy on a free port, logs under ``root``; stopped on exit."""
     with running_apps([root], env, workers=workers) as [server]:
         yield server
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log events of a server's stderr (other lines skipped)."""
+    events = []
+    for line in stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
